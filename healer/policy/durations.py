@@ -1,0 +1,78 @@
+"""Durations as SREs write them in policies: ``90s``, ``5m``, ``1h30m``, ``1d``.
+
+The grammar is Prometheus's: whole numbers, each followed by a unit, units
+from largest to smallest and each at most once. ``0`` alone means no time.
+Years are left out on purpose: a year has no fixed length.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+#: Units in the order they must appear, with their length.
+UNITS: tuple[tuple[str, timedelta], ...] = (
+    ("w", timedelta(weeks=1)),
+    ("d", timedelta(days=1)),
+    ("h", timedelta(hours=1)),
+    ("m", timedelta(minutes=1)),
+    ("s", timedelta(seconds=1)),
+    ("ms", timedelta(milliseconds=1)),
+)
+
+_PART = re.compile(r"(\d+)(ms|w|d|h|m|s)")
+_ORDER = {unit: i for i, (unit, _) in enumerate(UNITS)}
+_LENGTH = dict(UNITS)
+
+#: A JSON Schema pattern for the same grammar (order is checked only by healer).
+DURATION_PATTERN = r"^(0|([0-9]+(ms|w|d|h|m|s))+)$"
+
+HINT = "write a whole number and a unit, like 90s, 5m or 1h30m (units: w, d, h, m, s, ms)"
+
+
+class DurationError(ValueError):
+    """A duration that does not follow the grammar; the message says why."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """``1h30m`` → ``timedelta(hours=1, minutes=30)``; raises DurationError with the reason."""
+    s = text.strip()
+    if s == "0":
+        return timedelta(0)
+    if not s:
+        raise DurationError(f"empty duration: {HINT}")
+
+    total = timedelta(0)
+    pos = 0
+    last = -1
+    for m in _PART.finditer(s):
+        if m.start() != pos:
+            break
+        unit = m.group(2)
+        order = _ORDER[unit]
+        if order <= last:
+            msg = f"bad duration {text!r}: units must go from largest to smallest, each once"
+            raise DurationError(msg)
+        last = order
+        total += int(m.group(1)) * _LENGTH[unit]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise DurationError(f"bad duration {text!r}: {HINT}")
+
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest text that ``parse_duration`` reads back as ``value`` (``1h30m``)."""
+    ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    if ms < 0:
+        raise ValueError("negative durations have no text form")
+    parts = []
+    for unit, length in UNITS:
+        size = round(length.total_seconds() * 1000)
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)

@@ -1,0 +1,57 @@
+"""Durations in policies: the Prometheus grammar, read exactly, refused clearly."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from healer.policy.durations import DurationError, format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("5m", timedelta(minutes=5)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("1d", timedelta(days=1)),
+        ("2w", timedelta(weeks=2)),
+        ("1m500ms", timedelta(minutes=1, milliseconds=500)),
+        ("0", timedelta(0)),
+        ("0s", timedelta(0)),
+        (" 3m ", timedelta(minutes=3)),
+    ],
+)
+def test_durations_read_as_written(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("5", "write a whole number and a unit"),
+        ("5 m", "write a whole number and a unit"),
+        ("1.5h", "write a whole number and a unit"),
+        ("-5m", "write a whole number and a unit"),
+        ("1y", "write a whole number and a unit"),
+        ("m5", "write a whole number and a unit"),
+        ("", "empty duration"),
+        ("30s1m", "units must go from largest to smallest, each once"),
+        ("1m1m", "units must go from largest to smallest, each once"),
+    ],
+)
+def test_bad_durations_say_why(text: str, reason: str) -> None:
+    with pytest.raises(DurationError, match=reason):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["90s", "1h30m", "1d2h", "1m500ms", "2w"])
+def test_formatting_reads_back_to_the_same_duration(text: str) -> None:
+    value = parse_duration(text)
+
+    assert parse_duration(format_duration(value)) == value
+
+
+def test_ninety_seconds_formats_as_minutes_and_seconds() -> None:
+    assert format_duration(timedelta(seconds=90)) == "1m30s"
