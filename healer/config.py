@@ -1,0 +1,200 @@
+"""The daemon's configuration: one YAML file, with ``HEALER_*`` environment overrides.
+
+Everything healer needs to run comes from here: where CloudPilot is and how
+to authenticate, which apps are enrolled, how often to poll, where policies
+and the store live, where to listen, and the guard's settings. A bad file
+stops start-up with a message naming the key; ``healer run`` never starts
+half-configured.
+
+Environment overrides use ``HEALER_`` and ``__`` between nested keys, e.g.
+``HEALER_CLOUDPILOT__BASE_URL`` or ``HEALER_POLL_INTERVAL=30s``; they win
+over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from healer.cloudpilot.config import ClientConfig
+from healer.guard.config import GuardConfig
+from healer.policy.durations import parse_duration
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrollmentConfig(Strict):
+    """Which apps healer watches: a list, a file of ids (one per line, ``#`` comments), or both."""
+
+    apps: list[str] = Field(default_factory=list)
+    apps_file: Path | None = None
+    reload_interval: Duration = timedelta(seconds=60)
+
+    def read(self) -> list[str]:
+        """The enrolled app ids, in order, without duplicates; raises OSError on an unreadable file."""
+        ids = list(self.apps)
+        if self.apps_file is not None:
+            for line in self.apps_file.read_text(encoding="utf-8").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    ids.append(line)
+        return list(dict.fromkeys(ids))
+
+
+class HttpConfig(Strict):
+    """healer's own HTTP server: metrics, health, status and the admin API."""
+
+    listen: str = "127.0.0.1:8080"
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    admin_token_env: str | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @model_validator(mode="after")
+    def _listen_has_port(self) -> HttpConfig:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"http.listen must be HOST:PORT, got {self.listen!r}")
+        return self
+
+    def resolved_admin_token(self) -> SecretStr | None:
+        """The admin token from the value, the file or the environment variable, in that order."""
+        if self.admin_token is not None:
+            return self.admin_token
+        if self.admin_token_file is not None:
+            return SecretStr(self.admin_token_file.read_text(encoding="utf-8").strip())
+        if self.admin_token_env:
+            value = os.environ.get(self.admin_token_env)
+            return SecretStr(value) if value else None
+        return None
+
+
+class CacheConfig(Strict):
+    """How long slow-changing pieces of a snapshot are reused."""
+
+    meta_ttl: Duration = timedelta(minutes=5)
+    budget_ttl: Duration = timedelta(seconds=60)
+    address_ttl: Duration = timedelta(minutes=10)
+
+
+class LogConfig(Strict):
+    level: str = "info"
+    json_lines: bool = Field(default=True, alias="json")
+
+
+class HealerConfig(BaseSettings):
+    """The whole configuration of one healer process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEALER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    cloudpilot: ClientConfig = Field(default_factory=ClientConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
+    poll_interval: Duration = timedelta(seconds=10)
+    observe_spread: float = Field(default=0.5, ge=0.0, le=0.9)
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    policy_dir: Path = Path("policies")
+    policy_reload_interval: Duration = timedelta(seconds=15)
+    store_url: str = "sqlite:///healer.db"
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    replica_id: str = Field(default_factory=socket.gethostname)
+    decision_log_interval: Duration = timedelta(minutes=5)
+    retention: Duration = timedelta(days=14)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file: deployments patch single keys that way.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _positive_intervals(self) -> HealerConfig:
+        for key in ("poll_interval", "policy_reload_interval"):
+            if getattr(self, key) <= timedelta(0):
+                raise ValueError(f"{key} must be positive")
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
+    """Read the YAML file (if any), apply environment and keyword overrides, validate.
+
+    Raises ConfigError naming every bad key, so that a daemon never starts
+    half-configured.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    data: dict[str, Any] = {}
+    where = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            loaded = YAML(typ="safe").load(text)
+        except YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of keys")
+        data = loaded
+    data.update(overrides)
+    try:
+        return HealerConfig(**data)
+    except ValidationError as exc:
+        lines = [f"{where}: invalid configuration:"]
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {key}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc

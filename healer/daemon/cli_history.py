@@ -1,0 +1,60 @@
+"""``healer history --config FILE [--app ID] [--since 1h]``: the action ledger, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from healer.config import ConfigError, load_config
+from healer.daemon.cli_plan import print_table
+from healer.daemon.service import action_json
+from healer.policy.durations import DurationError, parse_duration
+from healer.store import Store
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="the YAML configuration file")
+    parser.add_argument("--app", help="only this app")
+    parser.add_argument("--policy", help="only this policy")
+    parser.add_argument("--since", default="24h", help="how far back (default 24h)")
+    parser.add_argument("--limit", type=int, default=200, help="at most this many (200)")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        since = datetime.now(UTC) - parse_duration(args.since)
+    except ConfigError as exc:
+        print(f"healer history: {exc}", file=sys.stderr)
+        return 2
+    except DurationError as exc:
+        print(f"healer history: --since: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> list[dict[str, object]]:
+        store = await Store.open(config.store_url)
+        try:
+            rows = await store.actions(
+                app_id=args.app, policy=args.policy, since=since, limit=args.limit
+            )
+        finally:
+            await store.close()
+        return [action_json(r) for r in rows]
+
+    records = asyncio.run(main())
+    if args.json:
+        for r in records:
+            print(json.dumps(r, sort_keys=True))
+        return 0
+    rows = [
+        [str(r["issued_at"]), str(r["app_id"]), str(r["instance_id"]), str(r["policy"]),
+         str(r["action"]), str(r["outcome"]), str(r["detail"] or "")]
+        for r in records
+    ]
+    print_table(["ISSUED", "APP", "INSTANCE", "POLICY", "ACTION", "OUTCOME", "DETAIL"], rows)
+    return 0

@@ -1,0 +1,54 @@
+"""``healer test``: run policy test cases, the way ``promtool test rules`` runs alert rules.
+
+Each case goes through the production path (payloads, parsing, evaluation,
+guard) with actions answered in-process; see ``casefile.py``. The output
+names each failing case with expected against actual decisions and ends
+with ``N passed, N failed``; the exit status is 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from healer.guard.casefile import run_files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "cases", nargs="+", metavar="CASE.yaml", help="case files, or directories of them"
+    )
+    parser.add_argument(
+        "--policies",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="policy directory for cases that name policies "
+        "(default: the parent of a tests/ directory, else ./policies)",
+    )
+
+
+def _files(args: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for raw in args:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            out.append(path)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    results = run_files(_files(args.cases), args.policies)
+    passed = sum(1 for r in results if r.ok)
+    failed = len(results) - passed
+    for r in results:
+        if not r.ok:
+            print(f"FAILED {r.source}: {r.name}")
+            for failure in r.failures:
+                print(failure)
+    print(f"{passed} passed, {failed} failed")
+    sys.stdout.flush()
+    return 1 if failed else 0

@@ -1,0 +1,180 @@
+"""Turn an app as a test case describes it into CloudPilot payloads, and those into a snapshot.
+
+``healer test`` must put a case through the same parsing as production:
+this module writes the JSON bodies CloudPilot would send (section 1 of
+DESIGN.md, typos included), then reads them back with the payload models
+and ``build_snapshot``. A call the case marks as failed is answered as an
+HTTP 500: its piece is missing and the snapshot is incomplete.
+
+An app in a case (every key optional; omitted fields take healthy defaults)::
+
+    web-1:
+      meta: {product: search, service_level: 1, shrink_mask: false}
+      budget: {instanceControlBudget: {type: MinAvailableRatio, value: 80}, replica: 7}
+      disabled: [web-1.4]
+      instances:
+        web-1.0: {}
+        web-1.1: {status: UNKNOWN}
+        web-1.2: {pass_agent_state: DOWN, frozen: true}
+      events: [{name: proc_dead, instance_id: web-1.0}]
+      fail_calls: [instance_info]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from healer.cloudpilot.models import (
+    AppMeta,
+    DisabledList,
+    EventList,
+    InstanceInfoList,
+    InstanceStatus,
+    MinUsableInfo,
+)
+from healer.snapshot import AppSnapshot, build_snapshot
+
+#: The calls a snapshot is built from, by their name in code (DESIGN section 1).
+CALLS: tuple[str, ...] = (
+    "app_meta",
+    "min_usable",
+    "instance_status",
+    "instance_info",
+    "disabled",
+    "events",
+)
+
+APP_KEYS = frozenset(
+    {"meta", "budget", "disabled", "instances", "events", "total_num", "fail_calls"}
+)
+
+HEALTHY_INFO: dict[str, Any] = {
+    "proc_state": "RUNNING",
+    "container_state": "RUNNING",
+    "pass_agent_state": "RUNNING",
+    "frozen": False,
+    "bsn_disabled": False,
+    "under_repair": False,
+    "migrating": False,
+}
+
+#: The API names at most five instances per state.
+TOP = 5
+
+
+class CaseError(ValueError):
+    """A case file that does not describe an app the runner can serve."""
+
+
+def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body of every snapshot call for one app described as in the module docstring."""
+    unknown = sorted(set(spec) - APP_KEYS)
+    if unknown:
+        raise CaseError(f"app {app_id}: unknown key(s) {', '.join(unknown)}")
+
+    instances: Mapping[str, Any] = spec.get("instances") or {}
+    disabled = [str(i) for i in spec.get("disabled") or []]
+    by_state: dict[str, list[str]] = {}
+    infos: list[dict[str, Any]] = []
+    for n, (iid, fields) in enumerate(sorted(instances.items())):
+        fields = dict(fields or {})
+        state = str(fields.pop("status", "RUNNING"))
+        by_state.setdefault(state, []).append(iid)
+        if fields.pop("disabled", False) and iid not in disabled:
+            disabled.append(iid)
+        info = {"instance_id": iid, "host_ip": "127.0.0.1", "main_port": 8000 + n}
+        info.update(HEALTHY_INFO)
+        info.update(fields)
+        infos.append(info)
+
+    meta = {
+        "app_id": app_id,
+        "product": "product",
+        "module": "module",
+        "cluster": "cluster",
+        "service_level": 1,
+        "extend_mask": False,
+        "shrink_mask": False,
+    }
+    meta.update(spec.get("meta") or {})
+    events = []
+    for ev in spec.get("events") or []:
+        events.append({"app_id": app_id, "status": "firing", **ev})
+
+    total = spec.get("total_num", len(instances))
+    return {
+        "app_meta": {"app_meta": meta},
+        "min_usable": {"min_usable_info": spec["budget"]} if "budget" in spec else {},
+        "instance_status": {
+            "app_id": app_id,
+            "total_num": total,
+            "status_instance_top_five": {
+                state: {"value": len(ids), "top_five_list": ids[:TOP]}
+                for state, ids in sorted(by_state.items())
+            },
+        },
+        "instance_info": {"instance_info_list": infos},
+        "disabled": {"disabled_instance_id_list": disabled},
+        "events": {"events": events},
+    }
+
+
+def _body(payloads: Mapping[str, Any], call: str) -> bytes:
+    # Through JSON text, as the wire would carry it.
+    return json.dumps(payloads[call]).encode()
+
+
+def parse_snapshot(
+    app_id: str,
+    payloads: Mapping[str, Any],
+    taken_at: datetime,
+    *,
+    failed: Iterable[str] = (),
+) -> AppSnapshot:
+    """Read the payloads back with the production models; ``failed`` calls answered HTTP 500."""
+    failed = set(failed)
+    errors = {call: "HTTP 500" for call in failed if call in CALLS}
+
+    def body(call: str) -> Any:
+        return None if call in failed else json.loads(_body(payloads, call))
+
+    raw = body("app_meta")
+    meta = AppMeta.model_validate(raw["app_meta"]) if raw is not None else None
+    raw = body("min_usable")
+    budget = None
+    if raw is not None and raw.get("min_usable_info") is not None:
+        budget = MinUsableInfo.model_validate(raw["min_usable_info"])
+    raw = body("instance_status")
+    status = InstanceStatus.model_validate(raw) if raw is not None else None
+    raw = body("instance_info")
+    infos = InstanceInfoList.model_validate(raw).instance_info_list if raw is not None else None
+    raw = body("disabled")
+    disabled = None
+    if raw is not None:
+        disabled = DisabledList.model_validate(raw).disabled_instance_id_list
+    raw = body("events")
+    events = EventList.model_validate(raw).events if raw is not None else None
+
+    missing = ["min_usable"] if "min_usable" in failed else []
+    return build_snapshot(
+        app_id,
+        taken_at,
+        meta=meta,
+        budget=budget,
+        status=status,
+        infos=infos,
+        disabled=disabled,
+        events=events,
+        missing=missing,
+        errors=errors,
+    )
+
+
+def snapshot_of(
+    app_id: str, spec: Mapping[str, Any], taken_at: datetime, failed: Iterable[str] = ()
+) -> AppSnapshot:
+    """An app described as in a case, as production would see it."""
+    return parse_snapshot(app_id, app_payloads(app_id, spec), taken_at, failed=failed)

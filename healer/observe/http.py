@@ -1,0 +1,208 @@
+"""healer's one HTTP server: metrics, health, status, the ledger and the admin API.
+
+Reads (``/metrics``, ``/healthz``, ``/readyz``, ``/v1/status``,
+``/v1/actions``) are open, like any exporter's. Writes (``/v1/pause``,
+``/v1/resume``, ``/v1/policies/{name}/resume``) need the admin bearer token;
+without one configured they are switched off (403), never open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from healer.policy.durations import DurationError, parse_duration
+
+log = structlog.get_logger("healer.http")
+
+class Backend(Protocol):
+    """What the HTTP server asks of the daemon."""
+
+    def ready(self) -> bool: ...
+
+    def alive(self) -> bool: ...
+
+    def status(self, app_id: str | None) -> dict[str, Any]: ...
+
+    async def actions(self, **filters: Any) -> list[dict[str, Any]]: ...
+
+    async def pause(
+        self, app_id: str | None, who: str, why: str, until: datetime
+    ) -> dict[str, Any]: ...
+
+    async def resume(self, app_id: str | None, who: str) -> dict[str, Any]: ...
+
+    async def resume_policy(self, name: str, who: str) -> dict[str, Any]: ...
+
+    def render_metrics(self) -> tuple[bytes, str]: ...
+
+class PauseRequest(BaseModel):
+    """Body of ``POST /v1/pause``: global when ``app_id`` is absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str | None = None
+    who: str = Field(min_length=1, max_length=200)
+    why: str = Field(min_length=1, max_length=2000)
+    duration: str | None = Field(default=None, alias="for")
+    until: datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> PauseRequest:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError("give exactly one of 'for' (e.g. 2h) and 'until' (an ISO time)")
+        return self
+
+    def expiry(self, now: datetime) -> datetime:
+        if self.until is not None:
+            until = self.until if self.until.tzinfo else self.until.replace(tzinfo=UTC)
+            return until
+        assert self.duration is not None
+        return now + parse_duration(self.duration)
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str | None = None
+    who: str = Field(min_length=1, max_length=200)
+
+MAX_PAUSE = timedelta(days=7)
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+def build_http_app(
+    backend: Backend,
+    admin_token: SecretStr | None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Starlette:
+    """The Starlette app serving ``backend``; ``admin_token`` guards every write."""
+
+    def authorized(request: Request) -> Response | None:
+        if admin_token is None or not admin_token.get_secret_value():
+            return _error(403, "admin API disabled: no admin token configured")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = admin_token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            log.warning("admin_unauthorized", path=request.url.path)
+            return _error(401, "missing or wrong bearer token")
+        return None
+
+    async def body_of(request: Request, model: type[BaseModel]) -> BaseModel | Response:
+        try:
+            raw = await request.json()
+        except ValueError:
+            return _error(400, "body must be JSON")
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            fields = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "error": e["msg"]}
+                for e in exc.errors()
+            ]
+            return _error(422, "invalid body", fields=fields)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = backend.render_metrics()
+        return Response(body, media_type=content_type)
+
+    async def healthz(request: Request) -> Response:
+        if backend.alive():
+            return JSONResponse({"status": "ok"})
+        return _error(503, "scheduler not running")
+
+    async def readyz(request: Request) -> Response:
+        if backend.ready():
+            return JSONResponse({"status": "ready"})
+        return _error(503, "no complete sweep yet")
+
+    async def status(request: Request) -> Response:
+        app_id = request.query_params.get("app")
+        result = backend.status(app_id)
+        if app_id and not result.get("apps"):
+            return _error(404, f"app {app_id!r} is not enrolled or not yet observed")
+        return JSONResponse(result)
+
+    async def actions(request: Request) -> Response:
+        q = request.query_params
+        filters: dict[str, Any] = {}
+        for key in ("app", "policy", "outcome"):
+            if q.get(key):
+                filters[key] = q[key]
+        if q.get("since"):
+            try:
+                filters["since"] = now() - parse_duration(q["since"])
+            except DurationError as exc:
+                return _error(400, f"since: {exc}")
+        try:
+            filters["limit"] = min(int(q.get("limit", "200")), 5000)
+        except ValueError:
+            return _error(400, "limit: must be a whole number")
+        return JSONResponse({"actions": await backend.actions(**filters)})
+
+    async def pause(request: Request) -> Response:
+        if (denied := authorized(request)) is not None:
+            return denied
+        body = await body_of(request, PauseRequest)
+        if isinstance(body, Response):
+            return body
+        assert isinstance(body, PauseRequest)
+        try:
+            until = body.expiry(now())
+        except DurationError as exc:
+            return _error(422, "invalid body", fields=[{"field": "for", "error": str(exc)}])
+        if until <= now():
+            return _error(422, "invalid body", fields=[{"field": "until", "error": "in the past"}])
+        if until - now() > MAX_PAUSE:
+            # A forgotten pause silently turns healing off; make people renew long ones.
+            return _error(422, "invalid body", fields=[{"field": "for", "error": "at most 7d"}])
+        result = await backend.pause(body.app_id, body.who, body.why, until)
+        log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
+        return JSONResponse(result)
+
+    async def resume(request: Request) -> Response:
+        if (denied := authorized(request)) is not None:
+            return denied
+        body = await body_of(request, ResumeRequest)
+        if isinstance(body, Response):
+            return body
+        assert isinstance(body, ResumeRequest)
+        result = await backend.resume(body.app_id, body.who)
+        log.info("resumed", app_id=body.app_id or "*", who=body.who)
+        return JSONResponse(result)
+
+    async def resume_policy(request: Request) -> Response:
+        if (denied := authorized(request)) is not None:
+            return denied
+        body = await body_of(request, ResumeRequest)
+        if isinstance(body, Response):
+            return body
+        assert isinstance(body, ResumeRequest)
+        name = request.path_params["name"]
+        result = await backend.resume_policy(name, body.who)
+        log.info("policy_resumed", policy=name, who=body.who)
+        return JSONResponse(result)
+
+    routes: list[Route] = [
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/v1/status", status),
+        Route("/v1/actions", actions),
+        Route("/v1/pause", pause, methods=["POST"]),
+        Route("/v1/resume", resume, methods=["POST"]),
+        Route("/v1/policies/{name}/resume", resume_policy, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+Handler = Callable[[Request], Awaitable[Response]]
