@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/healer demo
+	$(BIN)/healer demo --duration 90
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -28,7 +28,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="healer", description="healer: self-healing for CloudPilot apps")
+    parser = argparse.ArgumentParser(
+        prog="healer", description="healer: self-healing for CloudPilot apps"
+    )
     parser.add_argument("--version", action="version", version=f"healer {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():

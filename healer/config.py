@@ -56,7 +56,7 @@ class EnrollmentConfig(Strict):
     reload_interval: Duration = timedelta(seconds=60)
 
     def read(self) -> list[str]:
-        """The enrolled app ids, in order, without duplicates; raises OSError on an unreadable file."""
+        """The enrolled app ids in order, without duplicates; OSError if the file is unreadable."""
         ids = list(self.apps)
         if self.apps_file is not None:
             for line in self.apps_file.read_text(encoding="utf-8").splitlines():

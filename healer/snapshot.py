@@ -117,9 +117,8 @@ class Instance:
             return False
         if self.state == "RUNNING":
             return False in self.faults(health).values()
-        if self.state in NEUTRAL_STATES:
-            return False
-        return True  # UNKNOWN, INVALID_STATE, or a state the API never documented
+        # UNKNOWN, INVALID_STATE, or a state the API never documented.
+        return self.state not in NEUTRAL_STATES
 
 
 @dataclass(frozen=True)

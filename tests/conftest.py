@@ -8,9 +8,7 @@ import socket
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PG_DSN = os.environ.get(
-    "HEALER_TEST_PG_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_DSN = os.environ.get("HEALER_TEST_PG_DSN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:

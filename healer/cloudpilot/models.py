@@ -102,8 +102,8 @@ class MinUsableInfo(Payload):
     ``budget_unknown``, so nothing is lost between the wire and the decision.
     """
 
-    instanceControlBudget: ControlBudget | None = None  # noqa: N815 (API field name)
-    minUsable: Any = None  # noqa: N815 (API field name)
+    instanceControlBudget: ControlBudget | None = None
+    minUsable: Any = None
     replica: Any = None
     replica_that_at_least_need_to_keep: Any = None
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import sys
 import tempfile
 import time
@@ -21,6 +22,8 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from healer.cloudpilot.config import ClientConfig
 from healer.config import EnrollmentConfig, HealerConfig, HttpConfig, LogConfig
@@ -50,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-rate",
         type=float,
-        default=0.5,
-        help="random faults per app per minute while faults run (default 0.5)",
+        default=1.0,
+        help="random faults per app per minute while faults run (default 1)",
     )
     parser.add_argument(
         "--fault-window",
@@ -96,7 +99,12 @@ async def _demo(args: argparse.Namespace, policy_dir: Path) -> int:
     if window is None:
         window = args.duration / 3 if args.duration else None
 
+    # A fresh admin token per run, shown once, so that people can try pause and resume.
+    admin_token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="healer-demo-") as tmp, serve_in_thread(sim) as served:
+        token_file = Path(tmp) / "admin-token"
+        token_file.write_text(admin_token + "\n", encoding="utf-8")
+        token_file.chmod(0o600)
         config = HealerConfig(
             cloudpilot=ClientConfig(base_url=served.base_url),
             enrollment=EnrollmentConfig(apps=sim.app_ids),
@@ -104,7 +112,7 @@ async def _demo(args: argparse.Namespace, policy_dir: Path) -> int:
             policy_dir=policy_dir,
             policy_reload_interval=timedelta(seconds=5),
             store_url=args.store or f"sqlite:///{Path(tmp) / 'healer.db'}",
-            http=HttpConfig(listen=f"127.0.0.1:{args.port}"),
+            http=HttpConfig(listen=f"127.0.0.1:{args.port}", admin_token=SecretStr(admin_token)),
             log=LogConfig(level=args.log_level, json=False),
             replica_id="demo",
         )
@@ -116,6 +124,8 @@ async def _demo(args: argparse.Namespace, policy_dir: Path) -> int:
             f"policies from {policy_dir}",
             flush=True,
         )
+        if not args.quiet:
+            print(f"healer demo: admin token for POST /v1/pause and /v1/resume in {token_file}")
         started = time.monotonic()
         faults_on = True
         try:

@@ -52,8 +52,15 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(r, sort_keys=True))
         return 0
     rows = [
-        [str(r["issued_at"]), str(r["app_id"]), str(r["instance_id"]), str(r["policy"]),
-         str(r["action"]), str(r["outcome"]), str(r["detail"] or "")]
+        [
+            str(r["issued_at"]),
+            str(r["app_id"]),
+            str(r["instance_id"]),
+            str(r["policy"]),
+            str(r["action"]),
+            str(r["outcome"]),
+            str(r["detail"] or ""),
+        ]
         for r in records
     ]
     print_table(["ISSUED", "APP", "INSTANCE", "POLICY", "ACTION", "OUTCOME", "DETAIL"], rows)

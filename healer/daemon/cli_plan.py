@@ -81,8 +81,15 @@ def run(args: argparse.Namespace) -> int:
             )
             reason = d.reason.value if d.reason else ""
             rows.append(
-                [p.app_id, p.instance_id, p.policy.name, p.action.value, d.outcome.value,
-                 reason, arith]
+                [
+                    p.app_id,
+                    p.instance_id,
+                    p.policy.name,
+                    p.action.value,
+                    d.outcome.value,
+                    reason,
+                    arith,
+                ]
             )
         return rows
 

@@ -391,4 +391,3 @@ async def running(config: HealerConfig, **kwargs: Any) -> AsyncIterator[Daemon]:
         yield daemon
     finally:
         await daemon.stop()
-

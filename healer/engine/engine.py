@@ -324,7 +324,9 @@ class Engine:
 
         self._flaps = [f for f in self._flaps if now - f.at < HISTORY]
         attempts = tuple(
-            Attempt(r.app_id, r.instance_id, r.policy, r.action, r.issued_at, GUARD_OUTCOME[r.outcome])
+            Attempt(
+                r.app_id, r.instance_id, r.policy, r.action, r.issued_at, GUARD_OUTCOME[r.outcome]
+            )
             for r in history
         ) + tuple(self._flaps)
         return LedgerView(
@@ -509,9 +511,17 @@ class Engine:
         done = await asyncio.gather(*(one(k, b) for k, b in groups.items()))
         return sum(done)
 
-    async def _issue(self, key: tuple[str, str, Action], batch: list[Decision], now: datetime) -> int:
+    async def _issue(
+        self, key: tuple[str, str, Action], batch: list[Decision], now: datetime
+    ) -> int:
         app_id, policy, action = key
         rules = batch[0].proposal.policy
+        # The fault was first seen when its longest-held condition started to hold.
+        seen = {
+            d.proposal.instance_id: now
+            - max((m.held_for for m in d.proposal.matched), default=timedelta(0))
+            for d in batch
+        }
         rows = [
             ActionRow(
                 app_id=app_id,
@@ -521,7 +531,7 @@ class Engine:
                 params=dict(d.proposal.params),
                 issued_at=now,
                 deadline=now + rules.verify_timeout,
-                fault_seen_at=now - max((m.held_for for m in d.proposal.matched), default=timedelta(0)),
+                fault_seen_at=seen[d.proposal.instance_id],
                 replica=self.replica_id,
                 arithmetic=_arith(d),
             )
@@ -554,8 +564,12 @@ class Engine:
             outcomes = {i: (Outcome.FAILED, str(exc)) for i in instance_ids}
         else:
             outcomes.update({i: (Outcome.IN_FLIGHT, None) for i in answer.success_instances})
-            outcomes.update({i: (Outcome.FAILED, "failed_instances") for i in answer.failed_instances})
-            outcomes.update({i: (Outcome.UNKNOWN, "in neither list") for i in answer.unknown_instances})
+            outcomes.update(
+                {i: (Outcome.FAILED, "failed_instances") for i in answer.failed_instances}
+            )
+            outcomes.update(
+                {i: (Outcome.UNKNOWN, "in neither list") for i in answer.unknown_instances}
+            )
 
         updates = []
         counts: Counter[str] = Counter()

@@ -24,6 +24,7 @@ from healer.policy.durations import DurationError, parse_duration
 
 log = structlog.get_logger("healer.http")
 
+
 class Backend(Protocol):
     """What the HTTP server asks of the daemon."""
 
@@ -44,6 +45,7 @@ class Backend(Protocol):
     async def resume_policy(self, name: str, who: str) -> dict[str, Any]: ...
 
     def render_metrics(self) -> tuple[bytes, str]: ...
+
 
 class PauseRequest(BaseModel):
     """Body of ``POST /v1/pause``: global when ``app_id`` is absent."""
@@ -69,16 +71,20 @@ class PauseRequest(BaseModel):
         assert self.duration is not None
         return now + parse_duration(self.duration)
 
+
 class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     app_id: str | None = None
     who: str = Field(min_length=1, max_length=200)
 
+
 MAX_PAUSE = timedelta(days=7)
+
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
 
 def build_http_app(
     backend: Backend,
@@ -204,5 +210,6 @@ def build_http_app(
         Route("/v1/policies/{name}/resume", resume_policy, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
 
 Handler = Callable[[Request], Awaitable[Response]]

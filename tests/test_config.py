@@ -1,0 +1,121 @@
+"""The daemon's configuration: defaults on loopback, errors that name the key, env overrides."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from healer.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "healer.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_point_at_the_loopback_simulator_and_an_sqlite_file() -> None:
+    config = load_config(None)
+
+    assert config.cloudpilot.base_url.startswith("http://127.0.0.1:")
+    assert config.store_url.startswith("sqlite:///")
+    assert config.http.host == "127.0.0.1"
+    assert config.poll_interval == timedelta(seconds=10)
+
+
+def test_the_shipped_example_config_loads() -> None:
+    config = load_config(ROOT / "examples" / "healer.yaml")
+
+    assert config.enrollment.apps[0] == "app-0001"
+    assert config.http.admin_token_env == "HEALER_ADMIN_TOKEN"
+
+
+def test_an_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "guard:\n  max_in_fligth: 2\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert "guard.max_in_fligth" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_a_bad_duration_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "poll_interval: 10 seconds\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert "poll_interval" in str(info.value)
+
+
+def test_a_zero_poll_interval_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="poll_interval"):
+        load_config(write(tmp_path, "poll_interval: 0s\n"))
+
+
+def test_a_listen_address_without_port_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"http\.listen|listen"):
+        load_config(write(tmp_path, "http: {listen: localhost}\n"))
+
+
+def test_a_missing_file_and_a_non_mapping_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1, 2\n"))
+
+
+def test_a_token_env_that_is_unset_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HEALER_TEST_NO_SUCH_TOKEN", raising=False)
+    path = write(tmp_path, "cloudpilot: {token_env: HEALER_TEST_NO_SUCH_TOKEN}\n")
+
+    with pytest.raises(ConfigError, match="cloudpilot"):
+        load_config(path)
+
+
+def test_environment_overrides_win_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "poll_interval: 10s\ncloudpilot: {base_url: 'http://127.0.0.1:1'}\n")
+    monkeypatch.setenv("HEALER_POLL_INTERVAL", "30s")
+    monkeypatch.setenv("HEALER_CLOUDPILOT__BASE_URL", "http://127.0.0.1:2")
+
+    config = load_config(path)
+
+    assert config.poll_interval == timedelta(seconds=30)
+    assert config.cloudpilot.base_url == "http://127.0.0.1:2"
+
+
+def test_a_bad_environment_override_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALER_CONCURRENCY", "many")
+
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_config(None)
+
+
+def test_the_apps_file_skips_comments_blank_lines_and_duplicates(tmp_path: Path) -> None:
+    apps = tmp_path / "apps.txt"
+    apps.write_text("# enrolled\napp-1\n\napp-2  # the second\napp-1\n", encoding="utf-8")
+    path = write(tmp_path, f"enrollment: {{apps: [app-0], apps_file: '{apps}'}}\n")
+
+    assert load_config(path).enrollment.read() == ["app-0", "app-1", "app-2"]
+
+
+def test_the_admin_token_comes_from_a_file_and_never_shows_in_repr(tmp_path: Path) -> None:
+    token = tmp_path / "admin"
+    token.write_text("s3cret-admin-token\n", encoding="utf-8")
+    config = load_config(write(tmp_path, f"http: {{admin_token_file: '{token}'}}\n"))
+
+    resolved = config.http.resolved_admin_token()
+
+    assert resolved is not None and resolved.get_secret_value() == "s3cret-admin-token"
+    assert "s3cret" not in repr(config)
