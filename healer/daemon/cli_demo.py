@@ -34,6 +34,10 @@ from healer.simulator import Simulator, serve_in_thread
 #: Fault kinds the shipped policies repair; the others are there to be left alone.
 COVERED_FAULTS = ("unknown", "process_down", "container_down", "agent_down")
 
+#: Seconds the slowest shipped repair takes from fault to healed at the demo's 2 s poll:
+#: migrate-agent-down's ``for: 30s``, up to two polls and a sweep, and the 8 s migration.
+DRAIN_S = 45.0
+
 
 def default_policy_dir() -> Path:
     """The shipped policies: ``policies/`` beside the package in a checkout or image."""
@@ -53,16 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-rate",
         type=float,
-        default=1.0,
-        help="random faults per app per minute while faults run (default 1)",
+        default=0.3,
+        # More on a small fleet is a correlated failure by the fleet brake's definition
+        # (over 20 % and at least 5 apps unhealthy at once), and the brake then stops the
+        # very repairs that would release it: the demo would heal nothing.
+        help="random faults per app per minute while faults run (default 0.3)",
     )
     parser.add_argument(
         "--fault-window",
         type=float,
         default=None,
-        help="seconds during which faults are drawn (default: a third of --duration)",
+        help=f"seconds during which faults are drawn (default: --duration less {DRAIN_S:.0f}s, "
+        "at least a quarter of it)",
     )
-    parser.add_argument("--poll", type=float, default=4.0, help="poll interval seconds (4)")
+    parser.add_argument("--poll", type=float, default=2.0, help="poll interval seconds (2)")
     parser.add_argument("--policies", type=Path, default=None, help="policy directory")
     parser.add_argument("--store", default=None, help="store URL (default: SQLite in a temp dir)")
     parser.add_argument("--quiet", action="store_true", help="no live status lines")
@@ -97,7 +105,7 @@ async def _demo(args: argparse.Namespace, policy_dir: Path) -> int:
     sim = Simulator.generate(apps=args.apps, seed=args.seed, fault_rate=args.fault_rate)
     window = args.fault_window
     if window is None:
-        window = args.duration / 3 if args.duration else None
+        window = max(args.duration - DRAIN_S, args.duration / 4) if args.duration else None
 
     # A fresh admin token per run, shown once, so that people can try pause and resume.
     admin_token = secrets.token_urlsafe(16)

@@ -252,8 +252,9 @@ class Daemon:
                 # One failed sweep must not stop the daemon; the next one starts afresh.
                 log.exception("sweep_failed", error=type(exc).__name__)
                 return None
-        self._sweeps_done += 1
-        await self._refresh_pause_metrics()
+            self._sweeps_done += 1
+            # Inside the lock: ``stop`` closes the store as soon as it holds the lock.
+            await self._refresh_pause_metrics()
         return result
 
     async def _reload_policies(self) -> None:

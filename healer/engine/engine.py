@@ -192,20 +192,26 @@ class Engine:
         # Heals that failed again inside their probation: unhealed attempts (flap damping).
         # TODO: persist flaps in the store when several replicas share one.
         self._flaps: list[Attempt] = []
+        # The memory last written per app: only apps whose memory changed are written again.
+        self._saved_memory: dict[str, str] = {}
 
     async def start(self) -> None:
         """Load what the store remembers: condition memory survives restarts."""
         loaded = await self.store.load_memory()
-        memory = ConditionMemory()
+        apps = {}
         for app_id, data in loaded.items():
             text = data.get("memory")
             if isinstance(text, str):
                 try:
-                    memory = memory.with_app(app_id, ConditionMemory.from_json(text))
+                    held = ConditionMemory.from_json(text).apps.get(app_id)
                 except (ValueError, KeyError, TypeError):
                     # A memory that cannot be read only delays `for`; never a reason to stop.
                     log.warning("condition_memory_unreadable", app_id=app_id)
-        self.memory = memory
+                    continue
+                if held:
+                    apps[app_id] = held
+                self._saved_memory[app_id] = text
+        self.memory = ConditionMemory(apps)
 
     # -- the sweep -----------------------------------------------------------------------
 
@@ -226,15 +232,19 @@ class Engine:
         ledger = await self._ledger_view(now, calls, errors)
         attempts = unhealed_counter(ledger.attempts, now)
         proposals: list[Proposal] = []
-        new_memory = self.memory
+        held = dict(self.memory.apps)
         for app_id in apps:
             snap = snapshots[app_id]
             if not snap.complete:
                 # Nothing is concluded from partial data, not even that a condition stopped.
                 continue
-            result = evaluate(self.policies, snap, new_memory, now, attempts=attempts)
-            new_memory = result.memory
+            mine = self.memory.for_app(app_id)
+            result = evaluate(self.policies, snap, mine, now, attempts=attempts)
+            held[app_id] = result.memory.apps.get(app_id, {})
             proposals.extend(result.proposals)
+        # Apps no longer enrolled are forgotten; their conditions start afresh if they return.
+        enrolled = set(apps)
+        new_memory = ConditionMemory({a: h for a, h in held.items() if h and a in enrolled})
 
         # Apps with something to decide get the rest of their snapshot.
         deciding = sorted({p.app_id for p in proposals})
@@ -617,9 +627,14 @@ class Engine:
             why = "most recent actions ended not_healed"
             if await self.store.suspend_policy(name, why, now):
                 log.error("policy_suspended", policy=name, why=why)
-        await self.store.save_memories(
-            {a: {"memory": self.memory.for_app(a).to_json()} for a in apps}
-        )
+        changed = {}
+        for app_id in apps:
+            text = self.memory.for_app(app_id).to_json()
+            if self._saved_memory.get(app_id) != text:
+                changed[app_id] = text
+        if changed:
+            await self.store.save_memories({a: {"memory": t} for a, t in changed.items()})
+            self._saved_memory.update(changed)
 
     def _observe_fleet(self, snapshots: Mapping[str, AppSnapshot], result: GuardResult) -> None:
         health = self.guard.health

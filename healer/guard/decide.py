@@ -45,6 +45,12 @@ Decisions made where DESIGN.md is silent, each in favour of doing less:
   actions on the app, and refusals for them are ``rate_limit``.
 - An in-flight record counts until its deadline; after it, it no longer
   holds the instance even if nothing closed it (C8).
+- A policy is suspended when the ledger says so, or when, within the
+  configured window (and since a person last resumed it), it has at least
+  ``min_actions`` verified outcomes of which more than the configured share
+  are ``not_healed``. Only policies with proposals in the call are judged;
+  those newly over the line come back in ``GuardResult.suspend`` for the
+  engine to persist until a person resumes them.
 - The fleet brake is applied as the ledger gives it unless ``whole_sweep``
   is true: only a call that sees a whole sweep may judge the fleet, so a
   per-app cycle can never release the brake by counting itself as a sweep.
@@ -63,11 +69,9 @@ from healer.cloudpilot.models import Action
 from healer.guard.budget import Budget, compute_budget
 from healer.guard.config import GuardConfig
 from healer.guard.ledger import (
-    Attempt,
     BrakeState,
     BucketState,
     LedgerView,
-    Outcome,
 )
 from healer.guard.reasons import Reason
 from healer.model import Proposal
@@ -152,6 +156,25 @@ def _over_share(count: int, whole: int, share: Fraction) -> bool:
     return count * share.denominator > whole * share.numerator
 
 
+@dataclass(frozen=True)
+class _Census:
+    """One pass over an app's instances: which serve, how many are unhealthy."""
+
+    serving: frozenset[str]
+    unhealthy: int
+
+
+def _census(snap: AppSnapshot, health: HealthValues) -> _Census:
+    serving = []
+    unhealthy = 0
+    for iid, inst in snap.instances.items():
+        if inst.serving(health):
+            serving.append(iid)
+        if inst.unhealthy(health):
+            unhealthy += 1
+    return _Census(frozenset(serving), unhealthy)
+
+
 def sweep_health(
     snapshots: Mapping[str, AppSnapshot],
     api_error_rate: float | None,
@@ -169,11 +192,19 @@ def sweep_health(
     sweeps in a row. ``snapshots`` holds every enrolled app of the sweep.
     """
     health = config.health
-    sick = sum(
-        1
-        for s in snapshots.values()
-        if s.complete and any(i.unhealthy(health) for i in s.instances.values())
-    )
+    censuses = {a: _census(s, health) for a, s in snapshots.items() if s.complete}
+    return _judge_fleet(snapshots, censuses, api_error_rate, prev, config, api_calls)
+
+
+def _judge_fleet(
+    snapshots: Mapping[str, AppSnapshot],
+    censuses: Mapping[str, _Census],
+    api_error_rate: float | None,
+    prev: BrakeState,
+    config: GuardConfig,
+    api_calls: int | None,
+) -> BrakeState:
+    sick = sum(1 for c in censuses.values() if c.unhealthy)
     enrolled = len(snapshots)
     why: str | None = None
     if sick >= config.fleet_brake_min_apps and _over_share(
@@ -213,6 +244,8 @@ class _App:
     switch: tuple[Reason, str] | None
     busy: set[str]
     in_flight: int
+    last_touch: dict[str, datetime] = field(default_factory=dict)
+    hourly: dict[str, int] = field(default_factory=dict)
     spent: int = 0
     per_policy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -228,7 +261,9 @@ class _Sweep:
         now: datetime,
         brake: BrakeState,
         horizon: timedelta,
+        censuses: dict[str, _Census],
     ) -> None:
+        self.censuses = censuses
         self.snapshots = snapshots
         self.ledger = ledger
         self.config = config
@@ -237,32 +272,12 @@ class _Sweep:
         self.health: HealthValues = config.health
         self.apps: dict[str, _App] = {}
 
-        # In-flight records still open: busy instances, disruptive counts per app and fleet.
-        self.busy: dict[str, set[str]] = defaultdict(set)
-        self.app_in_flight: dict[str, int] = defaultdict(int)
-        self.fleet_in_flight = 0
-        for rec in ledger.in_flight:
-            if not rec.open_at(now):
-                continue
-            self.busy[rec.app_id].add(rec.instance_id)
-            if rec.disruptive:
-                self.app_in_flight[rec.app_id] += 1
-                self.fleet_in_flight += 1
-
-        # Recent attempts, indexed for cooldowns and rate limits.
-        since = now - horizon
-        self.last_touch: dict[tuple[str, str], datetime] = {}
-        self.hourly: dict[tuple[str, str], int] = defaultdict(int)
-        for a in ledger.attempts:
-            if a.at <= since or a.at > now:
-                continue
-            key = (a.app_id, a.instance_id)
-            if key not in self.last_touch or a.at > self.last_touch[key]:
-                self.last_touch[key] = a.at
-            if now - a.at < HOUR:
-                self.hourly[(a.app_id, a.policy)] += 1
-
-        self.suspended, self.suspend = _suspensions(ledger, config, now)
+        # The ledger, through its index: only the apps and policies this call touches.
+        self.index = ledger.index
+        self.horizon = horizon
+        self.fleet_in_flight = self.index.fleet_in_flight(now)
+        self.suspended_memo: dict[str, bool] = {}
+        self.suspend: set[str] = set()
 
         # The fleet token bucket, refilled up to now.
         cfg = config.bucket
@@ -303,7 +318,24 @@ class _Sweep:
             elif any(s.silences(app_id, meta, self.now) for s in self.ledger.silences):
                 switch = (Reason.SILENCED, "silenced")
 
-        busy = self.busy.get(app_id, set())
+        # In-flight records still open, and recent attempts, of this app.
+        busy: set[str] = set()
+        in_flight = 0
+        for rec in self.index.in_flight_by_app.get(app_id, ()):
+            if rec.open_at(self.now):
+                busy.add(rec.instance_id)
+                in_flight += rec.disruptive
+        since = self.now - self.horizon
+        last_touch: dict[str, datetime] = {}
+        hourly: dict[str, int] = defaultdict(int)
+        for a in self.index.attempts_by_app.get(app_id, ()):
+            if a.at <= since or a.at > self.now:
+                continue
+            if a.instance_id not in last_touch or a.at > last_touch[a.instance_id]:
+                last_touch[a.instance_id] = a.at
+            if self.now - a.at < HOUR:
+                hourly[a.policy] += 1
+
         if snap is None or not snap.complete:
             return _App(
                 app_id=app_id,
@@ -313,24 +345,25 @@ class _Sweep:
                 unhealthy=0,
                 rollout=False,
                 switch=switch,
-                busy=set(busy),
-                in_flight=self.app_in_flight.get(app_id, 0),
+                busy=busy,
+                in_flight=in_flight,
             )
 
-        h = self.health
-        available = frozenset(
-            iid for iid, inst in snap.instances.items() if inst.serving(h) and iid not in busy
-        )
+        census = self.censuses.get(app_id)
+        if census is None:
+            census = self.censuses[app_id] = _census(snap, self.health)
         return _App(
             app_id=app_id,
             snapshot=snap,
             budget=compute_budget(snap),
-            available=available,
-            unhealthy=sum(1 for inst in snap.instances.values() if inst.unhealthy(h)),
+            available=census.serving - busy if busy else census.serving,
+            unhealthy=census.unhealthy,
             rollout=snap.rollout_in_progress(),
             switch=switch,
-            busy=set(busy),
-            in_flight=self.app_in_flight.get(app_id, 0),
+            busy=busy,
+            in_flight=in_flight,
+            last_touch=last_touch,
+            hourly=hourly,
         )
 
     def arithmetic(self, st: _App, cost: int) -> Arithmetic:
@@ -399,18 +432,18 @@ class _Sweep:
             return Reason.EXTEND_MASK, arith, None
 
         # Limits.
-        if rules.name in self.suspended:
+        if self._suspended(rules.name):
             return Reason.POLICY_SUSPENDED, arith, None
         cooldown = rules.instance_cooldown
         if cooldown is None:
             cooldown = self.config.instance_cooldown
-        last = self.last_touch.get((p.app_id, p.instance_id))
+        last = st.last_touch.get(p.instance_id)
         if last is not None and self.now - last < cooldown:
             return Reason.COOLDOWN, arith, f"last action at {last.isoformat()}"
         this_cycle = st.per_policy[rules.name]
         if rules.per_cycle is not None and this_cycle >= rules.per_cycle:
             return Reason.RATE_LIMIT, arith, f"per_cycle {rules.per_cycle}"
-        hourly = self.hourly.get((p.app_id, rules.name), 0) + this_cycle
+        hourly = st.hourly.get(rules.name, 0) + this_cycle
         if rules.per_app_per_hour is not None and hourly >= rules.per_app_per_hour:
             return Reason.RATE_LIMIT, arith, f"per_app_per_hour {rules.per_app_per_hour}"
         if disruptive and self.tokens - self.tokens_spent < 1:
@@ -430,6 +463,25 @@ class _Sweep:
             return Reason.BUDGET, arith, None
 
         return None, arith, None
+
+    def _suspended(self, policy: str) -> bool:
+        """Suspended by a person, or mostly not_healed lately (then reported as new)."""
+        if policy in self.ledger.suspended_policies:
+            return True
+        hit = self.suspended_memo.get(policy)
+        if hit is None:
+            cfg = self.config.suspension
+            since = self.now - cfg.window
+            resumed = self.ledger.resumed_at.get(policy)
+            if resumed is not None and resumed > since:
+                since = resumed
+            total, bad = self.index.verified(policy, since, self.now)
+            share = _share(cfg.not_healed_share)
+            hit = total >= cfg.min_actions and _over_share(bad, total, share)
+            self.suspended_memo[policy] = hit
+            if hit:
+                self.suspend.add(policy)
+        return hit
 
     def _short_circuit(self, st: _App, policy_share: float | None) -> bool:
         share = self.config.max_unhealthy if policy_share is None else policy_share
@@ -454,31 +506,6 @@ class _Sweep:
         )
 
 
-def _suspensions(
-    ledger: LedgerView, config: GuardConfig, now: datetime
-) -> tuple[frozenset[str], frozenset[str]]:
-    """Suspended policies (ledger's plus newly tripped) and the newly tripped ones alone."""
-    cfg = config.suspension
-    since = now - cfg.window
-    verified: dict[str, list[Attempt]] = defaultdict(list)
-    for a in ledger.attempts:
-        if a.outcome not in (Outcome.HEALED, Outcome.NOT_HEALED):
-            continue
-        resumed = ledger.resumed_at.get(a.policy)
-        if a.at < since or a.at > now or (resumed is not None and a.at < resumed):
-            continue
-        verified[a.policy].append(a)
-
-    share = _share(cfg.not_healed_share)
-    tripped = set()
-    for policy, attempts in verified.items():
-        bad = sum(1 for a in attempts if a.outcome is Outcome.NOT_HEALED)
-        if len(attempts) >= cfg.min_actions and _over_share(bad, len(attempts), share):
-            tripped.add(policy)
-    new = frozenset(tripped - ledger.suspended_policies)
-    return ledger.suspended_policies | new, new
-
-
 def _order(p: Proposal) -> tuple[tuple[int, str, str, str], str]:
     return p.sort_key(), p.app_id
 
@@ -499,14 +526,17 @@ def decide(
     Otherwise the brake state in ``ledger`` is applied as it is.
     """
     brake = ledger.fleet_brake
+    censuses: dict[str, _Census] = {}
     if whole_sweep:
-        brake = sweep_health(
-            snapshots, ledger.api_error_rate, brake, config, api_calls=ledger.api_calls
+        health = config.health
+        censuses = {a: _census(s, health) for a, s in snapshots.items() if s.complete}
+        brake = _judge_fleet(
+            snapshots, censuses, ledger.api_error_rate, brake, config, ledger.api_calls
         )
 
     cooldowns = [p.policy.instance_cooldown for p in proposals if p.policy.instance_cooldown]
     horizon = max([HOUR, config.instance_cooldown, *cooldowns])
-    sweep = _Sweep(snapshots, ledger, config, now, brake, horizon)
+    sweep = _Sweep(snapshots, ledger, config, now, brake, horizon, censuses)
 
     # Real proposals in the one fixed order; dry runs after them, spending nothing.
     decisions: dict[int, Decision] = {}
@@ -538,5 +568,5 @@ def decide(
         tokens_spent=sweep.tokens_spent,
         short_circuited=sweep.short_circuited(),
         stale=stale,
-        suspend=sweep.suspend,
+        suspend=frozenset(sweep.suspend),
     )

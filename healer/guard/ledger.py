@@ -9,10 +9,12 @@ flow one-way: ledger → view → guard → result → ledger.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 from healer.cloudpilot.models import AppMeta
 from healer.guard.config import Selector
@@ -105,6 +107,69 @@ class BrakeState:
 
 
 @dataclass(frozen=True)
+class LedgerIndex:
+    """The view's records grouped for quick lookups; built once per view, on first use.
+
+    With it, a guard call for one app costs in proportion to that app's
+    records, not the whole ledger's, so the engine may hand the same view
+    to one call per app.
+    """
+
+    in_flight_by_app: Mapping[str, tuple[InFlight, ...]]
+    #: Deadlines of disruptive in-flight actions, sorted: the fleet count is one bisect.
+    disruptive_deadlines: tuple[datetime, ...]
+    attempts_by_app: Mapping[str, tuple[Attempt, ...]]
+    #: Per policy, its verified outcomes sorted by time, with running counts of not_healed.
+    verified_times: Mapping[str, tuple[datetime, ...]]
+    not_healed_before: Mapping[str, tuple[int, ...]]
+
+    @classmethod
+    def build(cls, view: LedgerView) -> LedgerIndex:
+        in_flight: dict[str, list[InFlight]] = {}
+        for rec in view.in_flight:
+            in_flight.setdefault(rec.app_id, []).append(rec)
+        deadlines = sorted(r.deadline for r in view.in_flight if r.disruptive)
+
+        by_app: dict[str, list[Attempt]] = {}
+        verified: dict[str, list[Attempt]] = {}
+        for a in view.attempts:
+            by_app.setdefault(a.app_id, []).append(a)
+            if a.outcome in (Outcome.HEALED, Outcome.NOT_HEALED):
+                verified.setdefault(a.policy, []).append(a)
+        times: dict[str, tuple[datetime, ...]] = {}
+        bad: dict[str, tuple[int, ...]] = {}
+        for policy, rows in verified.items():
+            rows.sort(key=lambda a: a.at)
+            times[policy] = tuple(a.at for a in rows)
+            running, counts = 0, [0]
+            for a in rows:
+                running += a.outcome is Outcome.NOT_HEALED
+                counts.append(running)
+            bad[policy] = tuple(counts)
+
+        return cls(
+            in_flight_by_app={k: tuple(v) for k, v in in_flight.items()},
+            disruptive_deadlines=tuple(deadlines),
+            attempts_by_app={k: tuple(v) for k, v in by_app.items()},
+            verified_times=times,
+            not_healed_before=bad,
+        )
+
+    def fleet_in_flight(self, now: datetime) -> int:
+        """Disruptive actions still open at ``now`` (deadline after it), fleet-wide."""
+        return len(self.disruptive_deadlines) - bisect_right(self.disruptive_deadlines, now)
+
+    def verified(self, policy: str, since: datetime, now: datetime) -> tuple[int, int]:
+        """(verified outcomes, of which not_healed) of ``policy`` with ``since <= at <= now``."""
+        times = self.verified_times.get(policy, ())
+        lo, hi = bisect_left(times, since), bisect_right(times, now)
+        if hi <= lo:
+            return 0, 0
+        bad = self.not_healed_before[policy]
+        return hi - lo, bad[hi] - bad[lo]
+
+
+@dataclass(frozen=True)
 class LedgerView:
     """The ledger as the guard sees it at one moment."""
 
@@ -121,3 +186,7 @@ class LedgerView:
     api_error_rate: float | None = None
     api_calls: int | None = None
     leader: bool = True
+
+    @cached_property
+    def index(self) -> LedgerIndex:
+        return LedgerIndex.build(self)
