@@ -29,14 +29,21 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import structlog
+from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from conftest import free_port
 from healer.cloudpilot.config import ClientConfig
 from healer.config import EnrollmentConfig, HealerConfig, HttpConfig, LogConfig
 from healer.daemon.service import Daemon
-from healer.simulator import Durations, RunningSimulator, SimSettings, Simulator, serve_in_thread
+from healer.simulator import (
+    ApiFaults,
+    Durations,
+    RunningSimulator,
+    SimSettings,
+    Simulator,
+    serve_in_thread,
+)
 from healer.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -151,11 +158,11 @@ async def running(config: HealerConfig) -> AsyncIterator[Daemon]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 30.0
+    check: Callable[[], Awaitable[bool] | bool], what: str, within: float = 30.0
 ) -> None:
-    """Wait until ``check`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    """Wait until ``check`` holds; fail naming ``what`` after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -163,7 +170,7 @@ async def eventually(
         if result:
             return
         if loop.time() > deadline:
-            pytest.fail(f"not within {timeout:.0f}s: {what}")
+            pytest.fail(f"not within {within:.0f}s: {what}")
         await asyncio.sleep(0.2)
 
 
@@ -171,9 +178,10 @@ async def ready(daemon: Daemon) -> None:
     await eventually(daemon.ready, "a first complete sweep")
 
 
-def metric(port: int | None, name: str, **labels: str) -> float:
+async def metric(port: int | None, name: str, **labels: str) -> float:
     """One sample from healer's /metrics, read over HTTP; 0 when the series is absent."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -249,7 +257,7 @@ async def test_a_cluster_outage_trips_a_brake_and_no_instance_there_is_touched(
                 return {r.app_id for r in rows} >= set(apps)
 
             await eventually(refused_everywhere, f"refusals for every app of {cluster}")
-            engaged = metric(daemon.http_port, gauge)
+            engaged = await metric(daemon.http_port, gauge)
             refusals = await store.decisions(decision="refused", limit=100_000)
             ledger = await store.actions(limit=100_000)
 
@@ -282,7 +290,7 @@ async def test_during_an_api_outage_nothing_is_done_and_healing_resumes_after_it
             await ready(daemon)
             store = daemon.store
             assert store is not None
-            failed_before = metric(daemon.http_port, "healer_cycles_total", result="skipped")
+            failed_before = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
 
             async with httpx.AsyncClient(base_url=served.base_url) as sim_api:
                 r = await sim_api.put("/sim/api-faults", json={"error_rate": 1.0})
@@ -292,7 +300,7 @@ async def test_during_an_api_outage_nothing_is_done_and_healing_resumes_after_it
                 await asyncio.sleep(OUTAGE_SECONDS)
                 during = action_requests(sim)
                 ledger_during = await store.actions(limit=1000)
-                skipped = metric(daemon.http_port, "healer_cycles_total", result="skipped")
+                skipped = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
                 r = await sim_api.put("/sim/api-faults", json={"error_rate": 0.0})
                 assert r.status_code == 200
 
@@ -333,24 +341,25 @@ async def test_a_broken_policy_file_keeps_the_last_good_set_healing_and_says_so(
         async with running(healer_config(served, store_url, policy_dir)) as daemon:
             await ready(daemon)
             port = daemon.http_port
-            assert metric(port, "healer_policies_loaded") == 2
+            assert await metric(port, "healer_policies_loaded") == 2
             with structlog.testing.capture_logs() as logs:
                 # Half-saved: the file that heals UNKNOWN instances loses its action.
                 (policy_dir / "restart-unknown.yaml").write_text(
                     "name: restart-unknown\nwhen:\n  status: [UNKNOWN]\n  for: 2s\n",
                     encoding="utf-8",
                 )
-                await eventually(
-                    lambda: metric(port, "healer_policy_reload_errors_total") > 0,
-                    "a failed reload in the metrics",
-                )
+
+                async def reload_failed() -> bool:
+                    return await metric(port, "healer_policy_reload_errors_total") > 0
+
+                await eventually(reload_failed, "a failed reload in the metrics")
                 sim.inject_fault("unknown", app_id, iid)
                 await eventually(
                     lambda: sim.report()["instances_healed"] == 1,
                     "the last good restart-unknown to heal the fault",
                 )
-            assert metric(port, "healer_policy_last_reload_successful") == 0
-            assert metric(port, "healer_policies_loaded") == 2
+            assert await metric(port, "healer_policy_last_reload_successful") == 0
+            assert await metric(port, "healer_policies_loaded") == 2
             assert daemon.engine is not None
             assert sorted(p.name for p in daemon.engine.policies) == [
                 "restart-process-down",
@@ -401,7 +410,7 @@ async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_
                 paused = await api.post("/v1/pause", json=body, headers=good)
                 assert paused.status_code == 200, paused.text
                 assert paused.json()["paused"] == app_id
-                assert metric(daemon.http_port, "healer_paused", scope="app") == 1
+                assert await metric(daemon.http_port, "healer_paused", scope="app") == 1
 
                 sim.inject_fault("unknown", app_id, iid)
 
@@ -423,7 +432,7 @@ async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_
                 await eventually(
                     lambda: sim.report()["instances_healed"] == 1, "healing after resume"
                 )
-                assert metric(daemon.http_port, "healer_paused", scope="app") == 0
+                assert await metric(daemon.http_port, "healer_paused", scope="app") == 0
 
         report = sim.report()
         assert report["actions"] == {"restart": {"success": 1}}
@@ -468,41 +477,43 @@ async def test_health_readiness_status_actions_and_metrics_answer_over_http(
         iid = plain_instance(sim, app_id)
         # CloudPilot down from the start: no sweep can be complete, so healer is not ready.
         sim.api_faults = sim.api_faults.model_copy(update={"error_rate": 1.0})
-        async with running(healer_config(served, store_url, policy_dir)) as daemon:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
-                assert (await api.get("/healthz")).status_code == 200
-                await eventually(
-                    lambda: daemon.engine is not None and daemon.engine.last_sweep is not None,
-                    "a first (incomplete) sweep",
-                )
-                not_ready = await api.get("/readyz")
-                assert not_ready.status_code == 503
+        async with (
+            running(healer_config(served, store_url, policy_dir)) as daemon,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api,
+        ):
+            assert (await api.get("/healthz")).status_code == 200
+            await eventually(
+                lambda: daemon.engine is not None and daemon.engine.last_sweep is not None,
+                "a first (incomplete) sweep",
+            )
+            not_ready = await api.get("/readyz")
+            assert not_ready.status_code == 503
 
-                sim.api_faults = sim.api_faults.model_copy(update={"error_rate": 0.0})
-                await ready(daemon)
-                assert (await api.get("/readyz")).status_code == 200
+            sim.api_faults = sim.api_faults.model_copy(update={"error_rate": 0.0})
+            await ready(daemon)
+            assert (await api.get("/readyz")).status_code == 200
 
-                sim.inject_fault("unknown", app_id, iid)
+            sim.inject_fault("unknown", app_id, iid)
 
-                async def healed_in_ledger() -> bool:
-                    r = await api.get("/v1/actions", params={"outcome": "healed"})
-                    return len(r.json()["actions"]) == 1
+            async def healed_in_ledger() -> bool:
+                r = await api.get("/v1/actions", params={"outcome": "healed"})
+                return len(r.json()["actions"]) == 1
 
-                await eventually(healed_in_ledger, "a healed action in /v1/actions")
+            await eventually(healed_in_ledger, "a healed action in /v1/actions")
 
-                status = (await api.get("/v1/status")).json()
-                one = (await api.get("/v1/status", params={"app": app_id})).json()
-                missing = await api.get("/v1/status", params={"app": "no-such-app"})
-                by_app = (await api.get("/v1/actions", params={"app": app_id})).json()
-                other_app = next(a for a in sim.app_ids if a != app_id)
-                by_other = (await api.get("/v1/actions", params={"app": other_app})).json()
-                by_policy = (
-                    await api.get("/v1/actions", params={"policy": "restart-process-down"})
-                ).json()
-                recent = (await api.get("/v1/actions", params={"since": "1h"})).json()
-                bad_since = await api.get("/v1/actions", params={"since": "yesterday"})
-                bad_limit = await api.get("/v1/actions", params={"limit": "many"})
-                metrics = await api.get("/metrics")
+            status = (await api.get("/v1/status")).json()
+            one = (await api.get("/v1/status", params={"app": app_id})).json()
+            missing = await api.get("/v1/status", params={"app": "no-such-app"})
+            by_app = (await api.get("/v1/actions", params={"app": app_id})).json()
+            other_app = next(a for a in sim.app_ids if a != app_id)
+            by_other = (await api.get("/v1/actions", params={"app": other_app})).json()
+            by_policy = (
+                await api.get("/v1/actions", params={"policy": "restart-process-down"})
+            ).json()
+            recent = (await api.get("/v1/actions", params={"since": "1h"})).json()
+            bad_since = await api.get("/v1/actions", params={"since": "yesterday"})
+            bad_limit = await api.get("/v1/actions", params={"limit": "many"})
+            metrics = await api.get("/metrics")
 
     assert status["ready"] is True
     assert status["enrolled"] == 4
@@ -560,7 +571,7 @@ verify:
   healthy_for: 1s
 """
 
-RESTART_SECONDS = 20.0
+RESTART_SECONDS = 12.0
 
 
 def healer_bin() -> str:
@@ -606,6 +617,9 @@ async def test_a_daemon_killed_mid_action_and_restarted_never_sends_the_action_t
             encoding="utf-8",
         )
         log = tmp_path / "healer.log"
+        # CloudPilot carries out the restart but its answer hangs: healer is killed while it
+        # waits, with the action in the ledger as `issued` and no outcome.
+        sim.api_faults = ApiFaults(timeout_rate=1.0, hang=60, paths=["/feiyun/action/"])
         first = start_healer(config, log)
         try:
             sim.inject_fault("process_down", app_id, iid)
@@ -619,8 +633,15 @@ async def test_a_daemon_killed_mid_action_and_restarted_never_sends_the_action_t
             if first.poll() is None:
                 first.kill()
 
+        sim.api_faults = ApiFaults()
         inst = sim.apps[app_id].instances[iid]
         assert inst.state == "RESTARTING"  # the restart runs on while healer is down
+        store = await Store.open(store_url)
+        try:
+            [issued] = await store.actions(limit=1000)
+        finally:
+            await store.close()
+        assert (issued.instance_id, issued.outcome) == (iid, "issued")
 
         restarted_at = _now()
         second = start_healer(config, log)
@@ -638,7 +659,7 @@ async def test_a_daemon_killed_mid_action_and_restarted_never_sends_the_action_t
             await eventually(
                 lambda: sim.report()["instances_healed"] == 1,
                 "the one restart to heal the instance",
-                timeout=RESTART_SECONDS + 15,
+                within=RESTART_SECONDS + 15,
             )
             # A few sweeps more, after the heal, for anything late.
             await asyncio.sleep(3)

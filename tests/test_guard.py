@@ -702,6 +702,15 @@ class TestSweep:
         assert result.short_circuited == frozenset({"a"})
         assert result.stale == frozenset({"s"})
 
+    def test_apps_are_reported_short_circuited_or_stale_without_proposals(self) -> None:
+        sick = fine(i0={"status": "UNKNOWN"}, i1={"status": "UNKNOWN"}, i2={"status": "UNKNOWN"})
+        stale = app(healthy(2), ratio(2, 50), app_id="s", failed=("events",))
+
+        result = decide({"a": sick, "b": fine(), "s": stale}, LedgerView(), [], LOOSE, NOW)
+
+        assert result.short_circuited == frozenset({"a"})
+        assert result.stale == frozenset({"s"})
+
 
 class TestFleetBrake:
     def fleet(self, sick: int, total: int) -> dict[str, AppSnapshot]:

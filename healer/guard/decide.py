@@ -65,7 +65,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
-from healer.cloudpilot.models import Action
+from healer.cloudpilot.models import Action, normalize_state
 from healer.guard.budget import Budget, compute_budget
 from healer.guard.config import GuardConfig
 from healer.guard.ledger import (
@@ -75,7 +75,7 @@ from healer.guard.ledger import (
 )
 from healer.guard.reasons import Reason
 from healer.model import Proposal
-from healer.snapshot import AppSnapshot, HealthValues
+from healer.snapshot import NEUTRAL_STATES, AppSnapshot, HealthValues
 
 HOUR = timedelta(hours=1)
 
@@ -167,12 +167,26 @@ class _Census:
 def _census(snap: AppSnapshot, health: HealthValues) -> _Census:
     serving = []
     unhealthy = 0
+    bad_named = 0
     for iid, inst in snap.instances.items():
         if inst.serving(health):
             serving.append(iid)
         if inst.unhealthy(health):
             unhealthy += 1
+        if inst.state is not None and _bad_state(inst.state):
+            bad_named += 1
+    # The top-five lists name at most five instances per state, but the counts are
+    # complete: an UNKNOWN instance no list named is unhealthy too. Without it, a mass
+    # failure of an app of 11 or more never passes 50 % and the short circuit stays open.
+    bad_counted = sum(n for state, n in snap.state_counts.items() if _bad_state(state))
+    unhealthy += max(bad_counted - bad_named, 0)
     return _Census(frozenset(serving), unhealthy)
+
+
+def _bad_state(state: str) -> bool:
+    """UNKNOWN, INVALID_STATE or a state the API never documented (``Instance.unhealthy``)."""
+    state = normalize_state(state)
+    return state != "RUNNING" and state not in NEUTRAL_STATES
 
 
 def sweep_health(
@@ -499,11 +513,19 @@ class _Sweep:
             self.tokens_spent += 1
 
     def short_circuited(self) -> frozenset[str]:
-        return frozenset(
-            a.app_id
-            for a in self.apps.values()
-            if a.snapshot is not None and a.snapshot.complete and self._short_circuit(a, None)
-        )
+        """Every app of the call, proposals or not, that the configured share trips."""
+        share = _share(self.config.max_unhealthy)
+        out = set()
+        for app_id, snap in self.snapshots.items():
+            if not snap.complete:
+                continue
+            census = self.censuses.get(app_id)
+            if census is None:
+                census = self.censuses[app_id] = _census(snap, self.health)
+            R = compute_budget(snap).R
+            if census.unhealthy >= 2 and _over_share(census.unhealthy, R, share):
+                out.add(app_id)
+        return frozenset(out)
 
 
 def _order(p: Proposal) -> tuple[tuple[int, str, str, str], str]:
@@ -558,8 +580,8 @@ def decide(
             decisions[i] = Decision(p, Verdict.DRY_RUN, reason, arith, detail)
 
     bucket = BucketState(tokens=sweep.tokens - sweep.tokens_spent, updated_at=now)
-    stale = frozenset(
-        a.app_id for a in sweep.apps.values() if a.snapshot is None or not a.snapshot.complete
+    stale = frozenset(a for a, s in snapshots.items() if not s.complete) | frozenset(
+        a.app_id for a in sweep.apps.values() if a.snapshot is None
     )
     return GuardResult(
         decisions=tuple(decisions[i] for i in range(len(proposals))),
