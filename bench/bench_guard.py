@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from healer.cloudpilot.models import Action
 from healer.guard import Attempt, GuardConfig, InFlight, LedgerView, Outcome, decide
-from healer.guard.payloads import snapshot_of
+from healer.cases.payloads import snapshot_of
 from healer.model import PolicyRules, Proposal
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("healer.simulator.cli", "serve a simulated CloudPilot on loopback"),
     "validate": ("healer.policy.cli_validate", "check policy files"),
     "schema": ("healer.policy.cli_schema", "print the JSON Schema of a policy file"),
-    "test": ("healer.guard.cli_test", "run policy test cases"),
+    "test": ("healer.cases.cli_test", "run policy test cases"),
 }
 
 

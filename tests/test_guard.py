@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from healer.cases.payloads import snapshot_of
 from healer.cloudpilot.models import Action, MinUsableInfo
 from healer.guard import (
     Attempt,
@@ -32,7 +33,6 @@ from healer.guard import (
     sweep_health,
 )
 from healer.guard.config import MaintenanceWindow
-from healer.guard.payloads import snapshot_of
 from healer.guard.reasons import PRECEDENCE
 from healer.model import PolicyRules, Proposal
 from healer.snapshot import AppSnapshot

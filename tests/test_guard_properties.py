@@ -19,9 +19,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from healer.cases.payloads import snapshot_of
 from healer.cloudpilot.models import Action
 from healer.guard import GuardConfig, InFlight, LedgerView, Verdict, compute_budget, decide
-from healer.guard.payloads import snapshot_of
 from healer.model import PolicyRules, Proposal
 from healer.snapshot import AppSnapshot
 

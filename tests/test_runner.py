@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from healer.cases.payloads import snapshot_of
 from healer.cli import main
 from healer.cloudpilot.models import Action
 from healer.guard.ledger import Outcome
 from healer.guard.outcomes import Issued, flapped, unhealed_counter, verify
-from healer.guard.payloads import snapshot_of
 from healer.model import PolicyRules
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -436,7 +436,8 @@ async def test_an_action_moves_from_issued_through_in_flight_to_healed(store: St
 @pytest.mark.parametrize(
     ("path", "forbidden"),
     [
-        (["healed"], "not_healed"),
+        (["healed"], "in_flight"),
+        (["healed", "not_healed"], "healed"),
         (["failed"], "in_flight"),
         (["in_flight", "not_healed"], "healed"),
         (["in_flight"], "issued"),
@@ -455,6 +456,18 @@ async def test_an_outcome_the_lifecycle_forbids_is_refused(
 
     (kept,) = await store.actions()
     assert kept.outcome == path[-1]
+
+
+async def test_a_heal_that_fails_again_inside_its_probation_becomes_not_healed(
+    store: Store,
+) -> None:
+    action_id = await store.issue_action(action_row())
+    await store.set_outcome(action_id, "healed", at(4))
+
+    await store.set_outcome(action_id, "not_healed", at(6), detail="flapped")
+
+    (kept,) = await store.actions()
+    assert (kept.outcome, kept.outcome_at, kept.detail) == (Outcome.NOT_HEALED, at(6), "flapped")
 
 
 async def test_repeating_the_current_outcome_changes_nothing(store: Store) -> None:

@@ -183,15 +183,14 @@ class Engine:
             client, meta_ttl=meta_ttl, budget_ttl=budget_ttl, address_ttl=address_ttl
         )
         self.policies: list[Policy] = []
+        # TODO: leases with fencing when several replicas share PostgreSQL; one replica leads now.
+        self.leader = True
         self.memory = ConditionMemory()
         self.status: dict[str, AppStatus] = {}
         self.last_sweep: SweepResult | None = None
         self.complete_sweeps = 0
         # Since when each open action's goal has held (verification's healthy_for).
         self._healthy_since: dict[int, datetime] = {}
-        # Heals that failed again inside their probation: unhealed attempts (flap damping).
-        # TODO: persist flaps in the store when several replicas share one.
-        self._flaps: list[Attempt] = []
         # The memory last written per app: only apps whose memory changed are written again.
         self._saved_memory: dict[str, str] = {}
 
@@ -332,13 +331,12 @@ class Engine:
         brake = await self.store.get_state(BRAKE_KEY) or {}
         bucket = await self.store.get_state(BUCKET_KEY) or {}
 
-        self._flaps = [f for f in self._flaps if now - f.at < HISTORY]
         attempts = tuple(
             Attempt(
                 r.app_id, r.instance_id, r.policy, r.action, r.issued_at, GUARD_OUTCOME[r.outcome]
             )
             for r in history
-        ) + tuple(self._flaps)
+        )
         return LedgerView(
             in_flight=tuple(
                 InFlight(
@@ -368,7 +366,7 @@ class Engine:
             ),
             api_error_rate=(errors / calls) if calls else None,
             api_calls=calls,
-            leader=True,  # TODO: leases with fencing when several replicas share PostgreSQL
+            leader=self.leader,
         )
 
     async def _verify_open(self, snapshots: Mapping[str, AppSnapshot], now: datetime) -> None:
@@ -405,15 +403,14 @@ class Engine:
             updates.append((rec.id, outcome, now, None))
             self._observe_verified(rec, outcome, now)
 
-        # Heals that failed again inside their probation count as unhealed attempts.
-        since = now - self.guard.probation
+        # A heal that fails again inside its probation did not hold: it becomes not_healed,
+        # an unhealed attempt that feeds escalation (flap damping).
+        since = now - self.guard.probation - HISTORY
         for rec in await self.store.actions(since=since, outcome=Outcome.HEALED.value):
             snap = snapshots.get(rec.app_id)
             if snap is None or not snap.complete or rec.outcome_at is None:
                 continue
             inst = snap.instances.get(rec.instance_id)
-            if any(f.app_id == rec.app_id and f.at == rec.outcome_at for f in self._flaps):
-                continue
             if flapped(Action(rec.action), rec.outcome_at, inst, now, self.guard.probation, health):
                 log.warning(
                     "heal_flapped",
@@ -422,16 +419,7 @@ class Engine:
                     policy=rec.policy,
                     action=rec.action,
                 )
-                self._flaps.append(
-                    Attempt(
-                        rec.app_id,
-                        rec.instance_id,
-                        rec.policy,
-                        rec.action,
-                        rec.outcome_at,
-                        GuardOutcome.NOT_HEALED,
-                    )
-                )
+                updates.append((rec.id, Outcome.NOT_HEALED, now, "failed again inside probation"))
         if updates:
             await self.store.set_outcomes(updates)
 

@@ -23,7 +23,9 @@ class Outcome(StrEnum):
     ``in_flight`` (accepted), ``failed`` (refused by CloudPilot) or ``unknown``
     (the instance was in neither answer list, or the call timed out);
     verification then ends it ``healed``, ``not_healed`` or ``expired``
-    (its deadline passed with nobody able to tell).
+    (its deadline passed with nobody able to tell). A ``healed`` action whose
+    instance fails again inside its probation becomes ``not_healed``; no other
+    final outcome ever changes.
     """
 
     ISSUED = "issued"
@@ -56,6 +58,8 @@ TRANSITIONS: dict[Outcome, frozenset[Outcome]] = {
     Outcome.UNKNOWN: frozenset(
         {Outcome.IN_FLIGHT, Outcome.HEALED, Outcome.NOT_HEALED, Outcome.EXPIRED}
     ),
+    # A heal that fails again inside its probation did not hold (flap damping).
+    Outcome.HEALED: frozenset({Outcome.NOT_HEALED}),
 }
 
 

@@ -107,7 +107,7 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     total = spec.get("total_num", len(instances))
     return {
         "app_meta": {"app_meta": meta},
-        "min_usable": {"min_usable_info": spec["budget"]} if "budget" in spec else {},
+        "min_usable": {"min_usable_info": spec.get("budget")},
         "instance_status": {
             "app_id": app_id,
             "total_num": total,

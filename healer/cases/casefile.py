@@ -1,13 +1,15 @@
-"""Policy test cases: read a case, run it through the production path, compare.
+"""Policy test cases: read a case, run it through the production engine, compare.
 
 This is the engine of ``healer test`` (DESIGN section 5). A case describes
-apps over time; each step is one sweep. For every step the runner writes the
-CloudPilot payloads the case implies, parses them with the production models
-(``payloads.py``), evaluates the policies with the production evaluator,
-judges the proposals with the production guard, answers the approved actions
-itself, and keeps an in-memory ledger across steps: what was issued, what
-came of it (``outcomes.verify`` and ``outcomes.flapped``), cooldowns, rate
-limits, the fleet brake and the token bucket.
+apps over time; each step is one sweep of the daemon's own ``Engine``. The
+engine's real CloudPilot client asks this runner, through
+``httpx.MockTransport``, for the payloads the case implies (``payloads.py``),
+so they go through the production parsing; its real store keeps the ledger
+across steps, in memory. Evaluation, the guard, execution, verification,
+flap damping, cooldowns, rate limits, the fleet brake and the token bucket
+are all the daemon's. The runner only answers CloudPilot's calls (a call
+named in ``fail_calls`` gets HTTP 500) and compares what happened with what
+the case expects.
 
 A case file holds one case or several (``---`` between them)::
 
@@ -49,30 +51,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from healer.cloudpilot.models import Action, ActionResult
+from healer.cases.payloads import CaseError, app_payloads
+from healer.cloudpilot.client import CloudPilotClient
+from healer.cloudpilot.config import QUERY_CALLS, ClientConfig
+from healer.cloudpilot.models import Action
+from healer.engine.engine import GUARD_OUTCOME, Engine, request_counter
 from healer.guard.config import GuardConfig
-from healer.guard.decide import Decision, Verdict, decide
-from healer.guard.ledger import (
-    Attempt,
-    BrakeState,
-    BucketState,
-    InFlight,
-    LedgerView,
-    Outcome,
-)
-from healer.guard.outcomes import Issued, flapped, unhealed_counter, verify
-from healer.guard.payloads import CALLS, CaseError, app_payloads, parse_snapshot
+from healer.guard.decide import Decision
+from healer.guard.ledger import Outcome
 from healer.guard.reasons import Reason
-from healer.model import PolicyRules, Proposal
+from healer.model import PolicyRules
+from healer.observe.metrics import HealerMetrics
 from healer.policy.durations import parse_duration
-from healer.policy.evaluate import ConditionMemory, evaluate
 from healer.policy.loader import load_directory, load_text
 from healer.policy.model import Policy
-from healer.snapshot import AppSnapshot
+from healer.store import ActionRow, Store
+from healer.store import Outcome as StoreOutcome
 
 #: Where case time starts: step ``at: 0s``.
 EPOCH = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
@@ -147,12 +146,11 @@ class Step(Strict):
     fail_calls: list[str] = Field(default_factory=list)
     fail: list[str] = Field(default_factory=list)
     unknown: list[str] = Field(default_factory=list)
-    api_error_rate: float | None = None
     expect: Expect | None = None
 
     @model_validator(mode="after")
     def _known_calls(self) -> Step:
-        names = set(CALLS) | {a.value for a in Action}
+        names = set(QUERY_CALLS) | {a.value for a in Action}
         bad = sorted(set(self.fail_calls) - names)
         if bad:
             raise ValueError(f"fail_calls: unknown call(s) {bad}; known: {sorted(names)}")
@@ -249,24 +247,6 @@ def _seen(d: Decision) -> Seen:
 
 
 @dataclass
-class Record:
-    """One issued action in the runner's in-memory ledger."""
-
-    app: str
-    instance: str
-    action: Action
-    rules: PolicyRules
-    issued_at: datetime
-    outcome: Outcome = Outcome.PENDING
-    healthy_since: datetime | None = None
-    closed_at: datetime | None = None
-
-    @property
-    def deadline(self) -> datetime:
-        return self.issued_at + self.rules.verify_timeout
-
-
-@dataclass
 class CaseResult:
     name: str
     source: str
@@ -327,32 +307,95 @@ def load_library(directory: Path | None) -> tuple[dict[str, Policy], list[str]]:
 
 
 class Runner:
-    """One case's world: the apps as last described, the ledger, the memory, the brake."""
+    """One case's world: the apps as last described, answered to a production engine.
+
+    The engine is the daemon's own (``healer.engine.Engine``) with its real
+    client, talking to this runner through ``httpx.MockTransport`` instead of
+    the network, and its real store, in memory. Caching and spreading are
+    off, and time is the case's.
+    """
 
     def __init__(self, case: Case, policies: Sequence[Policy]) -> None:
         self.case = case
         self.policies = list(policies)
-        self.rules = {p.name: p.rules() for p in self.policies}
         self.config = GuardConfig.model_validate(case.config)
+        self.client_config = ClientConfig(base_url="http://127.0.0.1:9", query_retries=0)
+        self.calls = {
+            self.client_config.paths.for_call(name): name
+            for name in (*QUERY_CALLS, *(a.value for a in Action))
+        }
         self.apps: dict[str, dict[str, Any]] = {}
-        self.records: list[Record] = []
-        self.memory = ConditionMemory()
-        self.brake = BrakeState()
-        self.bucket = BucketState()
-        self.suspended: frozenset[str] = frozenset()
-        for seed in case.ledger:
-            rules = self.rules.get(seed.policy, PolicyRules(name=seed.policy))
-            closed = None if seed.outcome is Outcome.PENDING else EPOCH + seed.at
-            rec = Record(seed.app, seed.instance, seed.action, rules, EPOCH + seed.at)
-            rec.outcome, rec.closed_at = seed.outcome, closed
-            self.records.append(rec)
+        self.payloads: dict[str, dict[str, Any]] = {}
+        self.step_now: Step = Step()
+        self.now = EPOCH
 
-    def run(self) -> list[str]:
+    async def run(self) -> list[str]:
+        store = await Store.open("sqlite://")
+        counter = request_counter(None)
+        client = CloudPilotClient(
+            self.client_config, on_request=counter, transport=httpx.MockTransport(self.answer)
+        )
+        try:
+            engine = Engine(
+                client=client,
+                store=store,
+                guard=self.config,
+                metrics=HealerMetrics(),
+                calls=counter,
+                poll_interval=timedelta(seconds=10),
+                observe_spread=0.0,
+                replica_id="healer-test",
+                meta_ttl=timedelta(0),
+                budget_ttl=timedelta(0),
+                address_ttl=timedelta(0),
+                clock=lambda: self.now,
+            )
+            engine.policies = self.policies
+            engine.leader = self.case.leader
+            await self.seed(store)
+            await engine.start()
+            return await self.steps(engine, store)
+        finally:
+            await client.aclose()
+            await store.close()
+
+    async def seed(self, store: Store) -> None:
+        """Actions issued before the case starts, written as the engine would have."""
+        rules = {p.name: p.rules() for p in self.policies}
+        for seed in self.case.ledger:
+            rule = rules.get(seed.policy, PolicyRules(name=seed.policy))
+            issued_at = EPOCH + seed.at
+            row = ActionRow(
+                app_id=seed.app,
+                instance_id=seed.instance,
+                policy=seed.policy,
+                action=seed.action.value,
+                params={},
+                issued_at=issued_at,
+                deadline=issued_at + rule.verify_timeout,
+            )
+            action_id = await store.issue_action(row)
+            await store.set_outcome(action_id, SEED_OUTCOME[seed.outcome], issued_at)
+
+    async def steps(self, engine: Engine, store: Store) -> list[str]:
         failures: list[str] = []
         for n, step in enumerate(self.case.steps, 1):
-            seen = self.step(step)
+            self.now = EPOCH + step.at
+            self.step_now = step
+            for app_id, spec in step.apps.items():
+                self.apps[app_id] = spec
+                self.payloads[app_id] = app_payloads(app_id, spec)
+
+            result = await engine.sweep(sorted(self.apps))
+            seen = [
+                Seen("refused", app_id, None, None, Reason.STALE_SNAPSHOT.value)
+                for app_id, snap in sorted(result.snapshots.items())
+                if not snap.complete
+            ]
+            seen.extend(_seen(d) for d in result.decisions)
             if step.expect is not None:
                 problems = self.check(step.expect, seen)
+                problems += await self.check_outcomes(step.expect, store)
                 if problems:
                     label = f"step {n} (at {_show_offset(step.at)})"
                     actual = [f"      {s.show()}" for s in seen] or ["      (no decisions)"]
@@ -361,128 +404,57 @@ class Runner:
                     )
         return failures
 
-    def step(self, step: Step) -> list[Seen]:
-        now = EPOCH + step.at
-        for app_id, spec in step.apps.items():
-            self.apps[app_id] = spec
+    # -- CloudPilot, as the case describes it ----------------------------------------------------
 
-        # Observe: the same payloads and parsing as production.
-        snapshots: dict[str, AppSnapshot] = {}
-        calls = failed_calls = 0
-        for app_id, spec in sorted(self.apps.items()):
-            failed = set(step.fail_calls) | set(spec.get("fail_calls") or [])
-            snap_failed = failed & set(CALLS)
-            payloads = app_payloads(app_id, spec)
-            snapshots[app_id] = parse_snapshot(app_id, payloads, now, failed=snap_failed)
-            calls += len(CALLS)
-            failed_calls += len(snap_failed)
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        """The answer CloudPilot would give in the current step; failed calls get HTTP 500."""
+        call = self.calls.get(request.url.path)
+        if call is None:
+            return httpx.Response(404, json={"code": 404, "message": "no such path"})
+        step = self.step_now
+        if request.method == "POST":
+            body = json.loads(request.content)
+            return self.act(call, str(body["app_id"]), [str(i) for i in body["instance_ids"]])
 
-        # Verify what is pending, and put healed instances that failed again back on record.
-        self.verify(snapshots, now)
+        app_id = request.url.params.get("app_id", "")
+        spec = self.apps.get(app_id)
+        if spec is None:
+            return httpx.Response(404, json={"code": 404, "message": f"no app {app_id}"})
+        failed = set(step.fail_calls) | set(spec.get("fail_calls") or [])
+        if call in failed:
+            return httpx.Response(500, text="<html>500 Internal Server Error</html>")
+        payloads = self.payloads[app_id]
+        if call == "instance_by_addr":
+            return httpx.Response(200, json={"instance_id": self.by_address(payloads, request)})
+        if call == "hard_limits":
+            return httpx.Response(200, json={})
+        return httpx.Response(200, json=payloads[call])
 
-        # Evaluate complete snapshots only; an incomplete one is skipped whole.
-        seen: list[Seen] = []
-        proposals: list[Proposal] = []
-        counter = unhealed_counter(self.attempts(), now)
-        for app_id, snap in snapshots.items():
-            if not snap.complete:
-                seen.append(Seen("refused", app_id, None, None, Reason.STALE_SNAPSHOT.value))
-                continue
-            evaluation = evaluate(self.policies, snap, self.memory, now, attempts=counter)
-            self.memory = evaluation.memory
-            proposals.extend(evaluation.proposals)
-
-        # Judge: one sweep, the fleet brake judged on it.
-        rate = step.api_error_rate
-        if rate is None and calls:
-            rate = failed_calls / calls
-        ledger = LedgerView(
-            in_flight=self.in_flight(),
-            attempts=self.attempts(),
-            suspended_policies=self.suspended,
-            bucket=self.bucket,
-            fleet_brake=self.brake,
-            api_error_rate=rate,
-            api_calls=calls if step.api_error_rate is None else None,
-            leader=self.case.leader,
-        )
-        result = decide(snapshots, ledger, proposals, self.config, now, whole_sweep=True)
-        self.brake, self.bucket = result.brake, result.bucket
-        self.suspended = self.suspended | result.suspend
-        seen.extend(_seen(d) for d in result.decisions)
-
-        # Execute: one call per app and action, answered here.
-        self.execute([d for d in result.decisions if d.outcome is Verdict.APPROVED], step, now)
-        return seen
-
-    def verify(self, snapshots: Mapping[str, AppSnapshot], now: datetime) -> None:
-        health = self.config.health
-        for rec in self.records:
-            snap = snapshots.get(rec.app)
-            complete = snap is not None and snap.complete
-            inst = snap.instances.get(rec.instance) if snap is not None else None
-            if rec.outcome is Outcome.PENDING:
-                issued = Issued(rec.app, rec.instance, rec.action, rec.issued_at, rec.healthy_since)
-                v = verify(issued, inst, now, rec.rules, seen=complete, health=health)
-                rec.healthy_since = v.healthy_since
-                if v.closed:
-                    rec.outcome, rec.closed_at = v.outcome, now
-                continue
-            # Failing again inside the probation turns a heal into an unhealed attempt.
-            healed_at = rec.closed_at if rec.outcome is Outcome.HEALED else None
-            probation = self.config.probation
-            if (
-                complete
-                and healed_at
-                and flapped(rec.action, healed_at, inst, now, probation, health)
-            ):
-                rec.outcome = Outcome.NOT_HEALED
-
-    def execute(self, approved: Sequence[Decision], step: Step, now: datetime) -> None:
-        calls: dict[tuple[str, Action], list[Decision]] = {}
-        for d in approved:
-            calls.setdefault((d.proposal.app_id, d.proposal.action), []).append(d)
-        for (app_id, action), decisions in sorted(calls.items()):
-            ids = sorted(d.proposal.instance_id for d in decisions)
-            if action.value in step.fail_calls:
-                # The POST answered 500: nothing is known to have happened; all failed.
-                answer = ActionResult(failed_instances=ids)
-            else:
-                failing = {i for i in ids if i in step.fail or f"{app_id}/{i}" in step.fail}
-                silent = {i for i in ids if i in step.unknown or f"{app_id}/{i}" in step.unknown}
-                body = {
-                    "success_instances": [i for i in ids if i not in failing | silent],
-                    "failed_instances": [i for i in ids if i in failing and i not in silent],
-                }
-                answer = ActionResult.model_validate_json(json.dumps(body))
-            answer = answer.with_requested(ids)
-            by_id = {d.proposal.instance_id: d for d in decisions}
-            for iid in ids:
-                rec = Record(app_id, iid, action, by_id[iid].proposal.policy, now)
-                if iid in answer.failed_instances:
-                    rec.outcome, rec.closed_at = Outcome.FAILED, now
-                self.records.append(rec)
-
-    def in_flight(self) -> tuple[InFlight, ...]:
-        return tuple(
-            InFlight(
-                r.app,
-                r.instance,
-                r.action.value,
-                r.rules.name,
-                r.issued_at,
-                r.deadline,
-                disruptive=Proposal(r.rules, r.app, r.instance, r.action).disruptive,
-            )
-            for r in self.records
-            if r.outcome is Outcome.PENDING
+    def act(self, call: str, app_id: str, ids: list[str]) -> httpx.Response:
+        step = self.step_now
+        if call in step.fail_calls:
+            # The POST answered 500: nothing is known to have happened.
+            return httpx.Response(500, text="<html>500 Internal Server Error</html>")
+        failing = {i for i in ids if i in step.fail or f"{app_id}/{i}" in step.fail}
+        silent = {i for i in ids if i in step.unknown or f"{app_id}/{i}" in step.unknown}
+        return httpx.Response(
+            200,
+            json={
+                "success_instances": [i for i in ids if i not in failing | silent],
+                "failed_instances": [i for i in ids if i in failing and i not in silent],
+            },
         )
 
-    def attempts(self) -> tuple[Attempt, ...]:
-        return tuple(
-            Attempt(r.app, r.instance, r.rules.name, r.action.value, r.issued_at, r.outcome)
-            for r in self.records
-        )
+    @staticmethod
+    def by_address(payloads: Mapping[str, Any], request: httpx.Request) -> str | None:
+        host = request.url.params.get("host_ip")
+        port = request.url.params.get("port")
+        for info in payloads["instance_info"]["instance_info_list"]:
+            if info.get("host_ip") == host and str(info.get("main_port")) == port:
+                return str(info["instance_id"])
+        return None
+
+    # -- expectations ----------------------------------------------------------------------------
 
     def check(self, expect: Expect, seen: list[Seen]) -> list[str]:
         problems: list[str] = []
@@ -500,21 +472,30 @@ class Runner:
                     left.remove(hit)
         if expect.only:
             problems.extend(f"    unexpected {s.show()}" for s in left)
+        return problems
 
+    async def check_outcomes(self, expect: Expect, store: Store) -> list[str]:
+        problems: list[str] = []
         for out in expect.outcomes:
-            recs = [
-                r
-                for r in self.records
-                if r.app == out.app
-                and r.instance == out.instance
-                and (out.action is None or r.action is out.action)
-            ]
-            got = recs[-1].outcome.value if recs else "no action on record"
+            recs = await store.actions(app_id=out.app, instance_id=out.instance, limit=10_000)
+            recs = [r for r in recs if out.action is None or r.action == out.action.value]
+            # Newest first; the verdict the guard would read from the latest one.
+            got = GUARD_OUTCOME[recs[0].outcome].value if recs else "no action on record"
             if got != out.outcome.value:
                 problems.append(
                     f"    expected outcome {out.app}/{out.instance}: {out.outcome.value}, got {got}"
                 )
         return problems
+
+
+#: How a seeded outcome is written to the store.
+SEED_OUTCOME: dict[Outcome, StoreOutcome] = {
+    Outcome.PENDING: StoreOutcome.IN_FLIGHT,
+    Outcome.HEALED: StoreOutcome.HEALED,
+    Outcome.NOT_HEALED: StoreOutcome.NOT_HEALED,
+    Outcome.FAILED: StoreOutcome.FAILED,
+    Outcome.UNKNOWN: StoreOutcome.UNKNOWN,
+}
 
 
 def _show_offset(at: timedelta) -> str:
@@ -527,18 +508,18 @@ def _show_offset(at: timedelta) -> str:
     return sign + text
 
 
-def run_case(case: Case, library: Mapping[str, Policy], source: str) -> CaseResult:
+async def run_case(case: Case, library: Mapping[str, Policy], source: str) -> CaseResult:
     result = CaseResult(case.name, source)
     try:
         policies = _policies_for(case, library)
         runner = Runner(case, policies)
-        result.failures = runner.run()
+        result.failures = await runner.run()
     except (CaseError, ValidationError) as exc:
         result.failures = [f"  case error: {exc}"]
     return result
 
 
-def run_files(paths: Iterable[Path], policies_dir: Path | None) -> list[CaseResult]:
+async def run_files(paths: Iterable[Path], policies_dir: Path | None) -> list[CaseResult]:
     """Every case of every file, in order."""
     results: list[CaseResult] = []
     cache: dict[Path | None, tuple[dict[str, Policy], list[str]]] = {}
@@ -555,7 +536,7 @@ def run_files(paths: Iterable[Path], policies_dir: Path | None) -> list[CaseResu
                 msg = f"  policy directory {directory} has errors: " + "; ".join(errors)
                 results.append(CaseResult(case.name, str(path), [msg]))
                 continue
-            results.append(run_case(case, library, str(path)))
+            results.append(await run_case(case, library, str(path)))
     return results
 
 

@@ -1,7 +1,7 @@
 """``healer test``: run policy test cases, the way ``promtool test rules`` runs alert rules.
 
-Each case goes through the production path (payloads, parsing, evaluation,
-guard) with actions answered in-process; see ``casefile.py``. The output
+Each case runs through the daemon's own engine, client and store, with
+CloudPilot answered in-process; see ``casefile.py``. The output
 names each failing case with expected against actual decisions and ends
 with ``N passed, N failed``; the exit status is 1 on any failure.
 """
@@ -9,10 +9,12 @@ with ``N passed, N failed``; the exit status is 1 on any failure.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
-from healer.guard.casefile import run_files
+from healer.cases.casefile import run_files
+from healer.observe.logging import configure_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="policy directory for cases that name policies "
         "(default: the parent of a tests/ directory, else ./policies)",
+    )
+    parser.add_argument(
+        "--log-level", default="error", help="the engine's log level while cases run (error)"
     )
 
 
@@ -41,7 +46,8 @@ def _files(args: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = run_files(_files(args.cases), args.policies)
+    configure_logging(args.log_level, json=False)
+    results = asyncio.run(run_files(_files(args.cases), args.policies))
     passed = sum(1 for r in results if r.ok)
     failed = len(results) - passed
     for r in results:

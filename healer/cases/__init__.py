@@ -1,0 +1,1 @@
+"""Policy test cases: ``healer test`` runs them through the production engine."""
