@@ -17,11 +17,10 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -32,16 +31,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from healer.cloudpilot.config import ClientConfig
 from healer.guard.config import GuardConfig
-from healer.policy.durations import parse_duration
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_duration(value)
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
+from healer.policy.durations import Duration
 
 
 class Strict(BaseModel):

@@ -30,14 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from healer.cloudpilot.models import Action, AppMeta
-from healer.policy.durations import parse_duration
+from healer.policy.durations import Duration
 from healer.snapshot import DEFAULT_HEALTHY_VALUES, HealthValues
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_duration(value)
-    return value
 
 
 def _glob_list(value: Any) -> Any:
@@ -51,7 +45,6 @@ def _glob_list(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Globs = Annotated[list[str], BeforeValidator(_glob_list)]
 
 CapacityEffect = Literal["shrink", "extend", "none"]

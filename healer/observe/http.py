@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -23,6 +23,8 @@ from starlette.routing import Route
 from healer.policy.durations import DurationError, parse_duration
 
 log = structlog.get_logger("healer.http")
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Backend(Protocol):
@@ -104,7 +106,10 @@ def build_http_app(
             return _error(401, "missing or wrong bearer token")
         return None
 
-    async def body_of(request: Request, model: type[BaseModel]) -> BaseModel | Response:
+    async def admin_body(request: Request, model: type[M]) -> M | Response:
+        """The validated body of an admin write, or the response refusing it."""
+        if (denied := authorized(request)) is not None:
+            return denied
         try:
             raw = await request.json()
         except ValueError:
@@ -157,12 +162,9 @@ def build_http_app(
         return JSONResponse({"actions": await backend.actions(**filters)})
 
     async def pause(request: Request) -> Response:
-        if (denied := authorized(request)) is not None:
-            return denied
-        body = await body_of(request, PauseRequest)
+        body = await admin_body(request, PauseRequest)
         if isinstance(body, Response):
             return body
-        assert isinstance(body, PauseRequest)
         try:
             until = body.expiry(now())
         except DurationError as exc:
@@ -177,23 +179,17 @@ def build_http_app(
         return JSONResponse(result)
 
     async def resume(request: Request) -> Response:
-        if (denied := authorized(request)) is not None:
-            return denied
-        body = await body_of(request, ResumeRequest)
+        body = await admin_body(request, ResumeRequest)
         if isinstance(body, Response):
             return body
-        assert isinstance(body, ResumeRequest)
         result = await backend.resume(body.app_id, body.who)
         log.info("resumed", app_id=body.app_id or "*", who=body.who)
         return JSONResponse(result)
 
     async def resume_policy(request: Request) -> Response:
-        if (denied := authorized(request)) is not None:
-            return denied
-        body = await body_of(request, ResumeRequest)
+        body = await admin_body(request, ResumeRequest)
         if isinstance(body, Response):
             return body
-        assert isinstance(body, ResumeRequest)
         name = request.path_params["name"]
         result = await backend.resume_policy(name, body.who)
         log.info("policy_resumed", policy=name, who=body.who)

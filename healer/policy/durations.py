@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 #: Units in the order they must appear, with their length.
 UNITS: tuple[tuple[str, timedelta], ...] = (
@@ -76,3 +79,32 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def _duration(value: Any) -> Any:
+    """Text like ``5m`` to a timedelta; bare numbers other than 0 are refused (what unit?)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return timedelta(0)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
+    msg = f"expected a duration like 90s, 5m or 1h30m, got {value!r}"
+    raise ValueError(msg)
+
+
+#: A duration field of a pydantic model (policies, the guard, the daemon's configuration).
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"const": 0}],
+            "description": "a duration: 90s, 5m, 1h30m, 1d (units w, d, h, m, s, ms)",
+        }
+    ),
+]

@@ -38,7 +38,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PlainSerializer,
     Tag,
     WithJsonSchema,
     model_validator,
@@ -47,37 +46,10 @@ from pydantic_core import PydanticCustomError
 
 from healer.cloudpilot.models import KNOWN_STATES, Action, normalize_state
 from healer.model import PolicyRules
-from healer.policy.durations import DURATION_PATTERN, DurationError, format_duration, parse_duration
+from healer.policy.durations import Duration, format_duration
 
 # --- small value types -------------------------------------------------------------------------
 
-
-def _duration(value: Any) -> Any:
-    """Text like ``5m`` to a timedelta; bare numbers other than 0 are refused (what unit?)."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
-        return timedelta(0)
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except DurationError as exc:
-            raise ValueError(str(exc)) from None
-    msg = f"expected a duration like 90s, 5m or 1h30m, got {value!r}"
-    raise ValueError(msg)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"const": 0}],
-            "description": "a duration: 90s, 5m, 1h30m, 1d (units w, d, h, m, s, ms)",
-        }
-    ),
-]
 
 Count = Annotated[int, Field(strict=True, ge=0)]
 
