@@ -43,6 +43,12 @@ NEUTRAL_STATES: frozenset[str] = frozenset(
 ROLLOUT_STATES: frozenset[str] = frozenset({"NEW", "DEPLOYING", "DEPLOY_OK"})
 
 
+def bad_state(state: str) -> bool:
+    """UNKNOWN, INVALID_STATE, or a state the API never documented: unhealthy outright."""
+    state = normalize_state(state)
+    return state != "RUNNING" and state not in NEUTRAL_STATES
+
+
 @dataclass(frozen=True)
 class HealthValues:
     """Which process/container/agent values count as healthy."""
@@ -151,6 +157,24 @@ class AppSnapshot:
             if isinstance(r, str) and r.strip().isdigit():
                 return int(r.strip())
         return self.total_num
+
+    def unhealthy_count(self, health: HealthValues = DEFAULT_HEALTH) -> int:
+        """Unhealthy instances, counting those the top-five lists leave unnamed.
+
+        The lists name at most five instances per state, but the counts are
+        complete: an UNKNOWN instance no list named is unhealthy too. Without
+        it, a mass failure of an app of 11 or more instances would never pass
+        half of it, and the short circuit and the fleet brake would stay open.
+        """
+        named_bad = 0
+        unhealthy = 0
+        for inst in self.instances.values():
+            if inst.unhealthy(health):
+                unhealthy += 1
+            if inst.state is not None and bad_state(inst.state):
+                named_bad += 1
+        counted_bad = sum(n for state, n in self.state_counts.items() if bad_state(state))
+        return unhealthy + max(counted_bad - named_bad, 0)
 
     def rollout_in_progress(self) -> bool:
         return any(self.state_counts.get(s, 0) > 0 for s in ROLLOUT_STATES)

@@ -361,6 +361,17 @@ class TestEveryReason:
 
         assert only_reason(snap, prop("i0", max_unhealthy=0.8)) is None
 
+    def test_unhealthy_instances_the_top_five_lists_leave_unnamed_still_count(self) -> None:
+        # 12 replicas, 8 UNKNOWN: the API names only five of them, but counts all eight.
+        # 8 of 12 is 67 % > 50 %; counting only the five named would give 42 % and act.
+        down = {f"i{k:02d}": {"status": "UNKNOWN"} for k in range(8)}
+        up = {f"i{k:02d}": {} for k in range(8, 12)}
+        snap = app({**down, **up}, ratio(12, 50))
+
+        assert snap.state_counts["UNKNOWN"] == 8
+        assert sum(1 for i in snap.instances.values() if i.state == "UNKNOWN") == 5
+        assert only_reason(snap, prop("i00")) is Reason.SHORT_CIRCUIT
+
     def test_a_single_unhealthy_instance_never_trips_the_short_circuit(self) -> None:
         # R = 1: one of one unhealthy is 100 %, but it is one instance.
         snap = app({"i0": {"status": "UNKNOWN"}}, ratio(1, 0))

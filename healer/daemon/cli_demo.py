@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace, policy_dir: Path) -> int:
     sim = Simulator.generate(apps=args.apps, seed=args.seed, fault_rate=args.fault_rate)
+    # INVALID_STATE is repaired only by a dry-run policy here: such faults would never heal,
+    # pile up over a long run, and end in the fleet brake holding every app. Leave them out.
+    sim.settings.fault_mix = {
+        k: w for k, w in sim.settings.fault_mix.items() if k != "invalid_state"
+    }
     window = args.fault_window
     if window is None:
         window = max(args.duration - DRAIN_S, args.duration / 4) if args.duration else None

@@ -631,7 +631,7 @@ class Engine:
         for s in snapshots.values():
             for state, n in s.state_counts.items():
                 states[state] += n
-            if any(i.unhealthy(health) for i in s.instances.values()):
+            if s.unhealthy_count(health):
                 unhealthy_apps += 1
         self.metrics.set_instances(states)
         self.metrics.set_fleet(
@@ -670,7 +670,7 @@ class Engine:
                 complete=s.complete,
                 missing=list(s.missing),
                 instances=dict(s.state_counts),
-                unhealthy=sum(1 for i in s.instances.values() if i.unhealthy(health)),
+                unhealthy=s.unhealthy_count(health),
                 pending=pending.get(app_id, []),
                 decisions=[_decision_json(d) for d in decisions],
                 budget=asdict(first_arith) if first_arith else None,

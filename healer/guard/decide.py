@@ -65,7 +65,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
-from healer.cloudpilot.models import Action, normalize_state
+from healer.cloudpilot.models import Action
 from healer.guard.budget import Budget, compute_budget
 from healer.guard.config import GuardConfig
 from healer.guard.ledger import (
@@ -75,7 +75,7 @@ from healer.guard.ledger import (
 )
 from healer.guard.reasons import Reason
 from healer.model import Proposal
-from healer.snapshot import NEUTRAL_STATES, AppSnapshot, HealthValues
+from healer.snapshot import AppSnapshot, HealthValues
 
 HOUR = timedelta(hours=1)
 
@@ -165,28 +165,8 @@ class _Census:
 
 
 def _census(snap: AppSnapshot, health: HealthValues) -> _Census:
-    serving = []
-    unhealthy = 0
-    bad_named = 0
-    for iid, inst in snap.instances.items():
-        if inst.serving(health):
-            serving.append(iid)
-        if inst.unhealthy(health):
-            unhealthy += 1
-        if inst.state is not None and _bad_state(inst.state):
-            bad_named += 1
-    # The top-five lists name at most five instances per state, but the counts are
-    # complete: an UNKNOWN instance no list named is unhealthy too. Without it, a mass
-    # failure of an app of 11 or more never passes 50 % and the short circuit stays open.
-    bad_counted = sum(n for state, n in snap.state_counts.items() if _bad_state(state))
-    unhealthy += max(bad_counted - bad_named, 0)
-    return _Census(frozenset(serving), unhealthy)
-
-
-def _bad_state(state: str) -> bool:
-    """UNKNOWN, INVALID_STATE or a state the API never documented (``Instance.unhealthy``)."""
-    state = normalize_state(state)
-    return state != "RUNNING" and state not in NEUTRAL_STATES
+    serving = frozenset(iid for iid, inst in snap.instances.items() if inst.serving(health))
+    return _Census(serving, snap.unhealthy_count(health))
 
 
 def sweep_health(
