@@ -12,6 +12,7 @@ from pathlib import Path
 from healer.config import ConfigError, load_config
 from healer.daemon.cli_plan import print_table
 from healer.daemon.service import action_json
+from healer.observe.logging import configure_logging
 from healer.policy.durations import DurationError, parse_duration
 from healer.store import Store
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     except DurationError as exc:
         print(f"healer history: --since: {exc}", file=sys.stderr)
         return 2
+
+    # Logs go to stderr and only when something is wrong: stdout is the ledger.
+    configure_logging("warning", json=False)
 
     async def main() -> list[dict[str, object]]:
         store = await Store.open(config.store_url)
