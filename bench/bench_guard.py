@@ -15,9 +15,9 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
+from healer.cases.payloads import snapshot_of
 from healer.cloudpilot.models import Action
 from healer.guard import Attempt, GuardConfig, InFlight, LedgerView, Outcome, decide
-from healer.cases.payloads import snapshot_of
 from healer.model import PolicyRules, Proposal
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
