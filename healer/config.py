@@ -127,7 +127,6 @@ class HealerConfig(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     replica_id: str = Field(default_factory=socket.gethostname)
-    decision_log_interval: Duration = timedelta(minutes=5)
     retention: Duration = timedelta(days=14)
 
     @classmethod

@@ -641,6 +641,7 @@ class Engine:
             fleet_brake=result.brake.engaged,
         )
         if result.brake.engaged:
+            # TODO: an admin release of the brake, with who and why, like a pause.
             log.error("fleet_brake_engaged", why=result.brake.why)
 
     def _update_status(
