@@ -21,6 +21,7 @@ RUN groupadd --system --gid 10001 healer \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY healer/ healer/
+COPY policies/ policies/
 RUN pip install . && rm -rf /src
 
 WORKDIR /var/lib/healer

@@ -40,8 +40,11 @@ DRAIN_S = 45.0
 
 
 def default_policy_dir() -> Path:
-    """The shipped policies: ``policies/`` beside the package in a checkout or image."""
-    return Path(__file__).resolve().parents[2] / "policies"
+    """The shipped policies: ``policies/`` of a checkout, else those installed with healer."""
+    checkout = Path(__file__).resolve().parents[2] / "policies"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "healer" / "policies"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
