@@ -84,6 +84,53 @@ class TestTheTokenIsLoadedOnce:
             ClientConfig(token=TOKEN, token_env="CP_TOKEN_TEST")  # type: ignore[arg-type]
 
 
+class TestUnusableTokensStopStartUp:
+    @pytest.mark.parametrize("token", ["", "   "])
+    def test_an_empty_token_is_refused_like_an_empty_token_file(self, token: str) -> None:
+        with pytest.raises(ValidationError, match="the token is empty") as info:
+            ClientConfig(token=token)  # type: ignore[arg-type]
+
+        assert info.value.errors()[0]["loc"] == ("token",)
+
+    @pytest.mark.parametrize("token", ["s3cr\nInjected: 1", "s3cr\r", "s3cré", "s3cr\x00"])
+    def test_a_token_that_cannot_go_in_a_header_is_refused_without_showing_it(
+        self, token: str
+    ) -> None:
+        with pytest.raises(ValidationError, match="cannot go in an HTTP header") as info:
+            ClientConfig(token=token)  # type: ignore[arg-type]
+
+        assert info.value.errors()[0]["loc"] == ("token",)
+        assert "s3cr" not in str(info.value)
+
+    def test_a_token_from_a_variable_is_checked_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CP_TOKEN_TEST", "line1\nline2")
+
+        with pytest.raises(ValidationError, match="token_env has a character that cannot go"):
+            ClientConfig(token_env="CP_TOKEN_TEST")
+
+    def test_a_printable_token_with_punctuation_is_accepted(self) -> None:
+        config = ClientConfig(token="a.b-c_d~e+f/g=")  # type: ignore[arg-type]
+
+        assert config.auth_headers() == {"Authorization": "Bearer a.b-c_d~e+f/g="}
+
+
+class TestBaseUrl:
+    @pytest.mark.parametrize(
+        "url", ["not a url", "ftp://cp.example", "127.0.0.1:8931", "http://", "http://h:99999"]
+    )
+    def test_anything_but_an_http_url_with_a_host_is_refused(self, url: str) -> None:
+        with pytest.raises(ValidationError) as info:
+            ClientConfig(base_url=url)
+
+        assert info.value.errors()[0]["loc"] == ("base_url",)
+
+    @pytest.mark.parametrize(
+        "url", ["http://127.0.0.1:8931", "https://cloudpilot.example", "http://[::1]:80/api"]
+    )
+    def test_http_and_https_urls_are_accepted(self, url: str) -> None:
+        assert ClientConfig(base_url=url).base_url == url
+
+
 class TestTheTokenIsNeverShown:
     async def test_neither_config_nor_client_shows_the_token(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

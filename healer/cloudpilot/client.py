@@ -62,6 +62,7 @@ from healer.cloudpilot.models import (
     InstanceStatus,
     MinUsableInfo,
 )
+from healer.observe.logging import register_auth_scheme, register_secret
 
 log = structlog.get_logger("healer.cloudpilot")
 
@@ -136,6 +137,10 @@ class CloudPilotClient:
         quiet_http_loggers()
 
         cfg = self.config
+        if cfg.token is not None:
+            # CloudPilot may echo the token (or the whole header) in an error message.
+            register_secret(cfg.token.get_secret_value())
+            register_auth_scheme(cfg.auth_scheme)
         limits = httpx.Limits(
             max_connections=cfg.max_connections,
             max_keepalive_connections=cfg.max_keepalive_connections,

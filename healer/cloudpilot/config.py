@@ -17,8 +17,9 @@ import importlib.util
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from healer.cloudpilot.models import Action
 
@@ -35,6 +36,22 @@ QUERY_CALLS: tuple[str, ...] = (
 )
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8931"
+
+
+def _check_token(secret: str, source: str) -> None:
+    """Refuse a token that is empty or cannot go in an HTTP header; never show the token.
+
+    A header value is printable ASCII (RFC 9110 field-value); anything else
+    would fail every request as a protocol error, far from its cause.
+    """
+    if not secret.strip():
+        raise ValueError(f"{source} is empty")
+    if any(not (ch == "\t" or " " <= ch <= "~") for ch in secret):
+        msg = (
+            f"{source} has a character that cannot go in an HTTP header"
+            " (only printable ASCII: no newline, control or non-ASCII character)"
+        )
+        raise ValueError(msg)
 
 
 def _action_path(action: Action) -> str:
@@ -91,7 +108,8 @@ class ClientConfig(BaseModel):
     when the configuration is built, never at the first request.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors never echo what was given: it may hold the token.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     base_url: str = DEFAULT_BASE_URL
     paths: Paths = Field(default_factory=Paths)
@@ -121,6 +139,25 @@ class ClientConfig(BaseModel):
     #: ``native``: httpx's own pool; ``aiohttp``: the ``httpx-aiohttp`` transport.
     transport: Literal["native", "aiohttp"] = "native"
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError on a port out of range
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value.strip()
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_token(value.get_secret_value(), "the token")
+        return value
+
     @model_validator(mode="after")
     def _load_token(self) -> ClientConfig:
         sources = [s for s in (self.token, self.token_env, self.token_file) if s is not None]
@@ -144,6 +181,9 @@ class ClientConfig(BaseModel):
             if not loaded:
                 raise ValueError(f"token_file {str(self.token_file)!r} is empty")
         if loaded is not None:
+            _check_token(
+                loaded, f"the token from {'token_env' if self.token_env else 'token_file'}"
+            )
             object.__setattr__(self, "token", SecretStr(loaded))
 
         if self.transport == "aiohttp" and importlib.util.find_spec("httpx_aiohttp") is None:

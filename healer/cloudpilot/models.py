@@ -111,7 +111,8 @@ class MinUsableInfo(Payload):
 class StateBucket(Payload):
     """One state's entry in ``status_instance_top_five``."""
 
-    value: int = 0
+    #: A negative count contradicts itself: the payload is refused, never read as zero.
+    value: int = Field(default=0, ge=0)
     top_five_list: list[str] = Field(default_factory=list)
 
     @field_validator("top_five_list", mode="before")
@@ -124,7 +125,7 @@ class InstanceStatus(Payload):
     """The per-state counts of an app, with up to five instance names per state."""
 
     app_id: str | None = None
-    total_num: int | None = None
+    total_num: int | None = Field(default=None, ge=0)
     status_instance_top_five: dict[str, StateBucket] = Field(default_factory=dict)
 
     @field_validator("status_instance_top_five", mode="before")

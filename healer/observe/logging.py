@@ -12,7 +12,13 @@ processors, so that every line has the same shape::
 
 The last processor before rendering redacts secrets: any field whose name
 says it holds a token, password, secret or authorization header, at any
-depth, and any ``Bearer ...``/``Basic ...`` credential inside a string.
+depth; any ``Bearer ...``/``Basic ...`` credential (or ``<scheme> ...`` for a
+scheme given to :func:`register_auth_scheme`) inside a string; and any value
+given to :func:`register_secret` wherever it appears, in any string field,
+in the text of an object logged as a field, and in rendered tracebacks. The
+parts that load secrets register them (the CloudPilot client its token, the
+daemon the admin token), so that a CloudPilot error message echoing the
+token, or a header quoted in an exception, never reaches a log line.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -41,6 +48,90 @@ _REFERENCE_SUFFIXES: frozenset[str] = frozenset({"file", "path", "env"})
 OWN_HANDLER_LOGGERS: tuple[str, ...] = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 _CREDENTIAL_IN_TEXT = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
+
+#: Registered secrets shorter than this are ignored: redacting "abc" everywhere would
+#: mangle ordinary text and hide nothing worth hiding.
+MIN_SECRET_LENGTH = 6
+
+
+class _Registry:
+    """The secret values and extra auth schemes to redact, as compiled patterns.
+
+    Written rarely (at start-up), read on every log line: readers take the
+    current tuple of patterns without a lock; writers rebuild it under one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        self._schemes: set[str] = set()
+        self.secrets: re.Pattern[str] | None = None
+        self.schemes: re.Pattern[str] | None = None
+
+    def add_secret(self, value: str) -> None:
+        value = value.strip()
+        if len(value) < MIN_SECRET_LENGTH:
+            return
+        # The value as written, and as it appears inside a Python repr (an exception's args).
+        variants = {value, repr(value)[1:-1]}
+        with self._lock:
+            if variants <= self._secrets:
+                return
+            self._secrets |= variants
+            # Longest first, so that a secret containing another is replaced whole.
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            self.secrets = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def add_scheme(self, scheme: str) -> None:
+        scheme = scheme.strip()
+        if not scheme or scheme.lower() in ("bearer", "basic"):
+            return
+        with self._lock:
+            self._schemes.add(scheme)
+            names = "|".join(re.escape(s) for s in sorted(self._schemes, key=len, reverse=True))
+            self.schemes = re.compile(rf"(?<![\w-])({names})\s+[A-Za-z0-9\-._~+/]+=*")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._secrets.clear()
+            self._schemes.clear()
+            self.secrets = self.schemes = None
+
+
+_REGISTRY = _Registry()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` wherever it appears in a log line from now on.
+
+    Values shorter than :data:`MIN_SECRET_LENGTH` (after stripping) are ignored.
+    """
+    if value:
+        _REGISTRY.add_secret(value)
+
+
+def register_auth_scheme(scheme: str | None) -> None:
+    """Redact ``<scheme> <credential>`` inside text, as ``Bearer``/``Basic`` always are."""
+    if scheme:
+        _REGISTRY.add_scheme(scheme)
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret and scheme (for tests)."""
+    _REGISTRY.clear()
+
+
+def redact_text(text: str) -> str:
+    """``text`` with registered secrets and credentials after an auth scheme replaced."""
+    secrets = _REGISTRY.secrets
+    if secrets is not None:
+        text = secrets.sub(REDACTED, text)
+    text = _CREDENTIAL_IN_TEXT.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    schemes = _REGISTRY.schemes
+    if schemes is not None:
+        text = schemes.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return text
+
 
 #: Libraries that log every request or job run at INFO: at one line per CloudPilot call, per
 #: probe or per app cycle they would drown healer's own events. Their warnings still pass.
@@ -67,17 +158,31 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any) -> Any:
-    """``value`` with secrets replaced, looking into dicts, lists and strings."""
+    """``value`` with secrets replaced, looking into dicts, lists and strings.
+
+    Any other object (an exception passed as a field, say) is kept as it is
+    unless its text holds a secret; then it becomes that text, redacted.
+    """
     if isinstance(value, str):
-        return _CREDENTIAL_IN_TEXT.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        return redact_text(value)
     if isinstance(value, Mapping):
         return {
-            k: REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v)
+            redact(k): REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v)
             for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return type(value)(redact(v) for v in value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
 
+    # Renderers show other objects by repr (JSON) or str: check both.
+    try:
+        texts = (repr(value), str(value))
+    except Exception:
+        return value
+    for text in texts:
+        if redact_text(text) != text:
+            return redact_text(texts[1])
     return value
 
 
