@@ -47,13 +47,39 @@ class EnrollmentConfig(Strict):
 
     def read(self) -> list[str]:
         """The enrolled app ids in order, without duplicates; OSError if the file is unreadable."""
+        return self.read_apps()[0]
+
+    def read_apps(self) -> tuple[list[str], int | None]:
+        """The enrolled app ids, and the apps file's size in bytes (None without a file).
+
+        Raises OSError naming the file when it cannot be read, is not a regular
+        file (a FIFO or a device would block or never end), is too large, or is
+        not UTF-8 text. The size tells a file truncated to nothing (0 bytes,
+        e.g. caught mid-write) from one that lists no app on purpose.
+        """
+        # Local import: config sits below the policy package; the bounded reader lives there.
+        from healer.policy.loader import read_bounded
+
+        # An apps file is one id a line; anything larger is not one (and is not read whole).
+        max_bytes = 4 * 1024 * 1024
         ids = list(self.apps)
+        size: int | None = None
         if self.apps_file is not None:
-            for line in self.apps_file.read_text(encoding="utf-8").splitlines():
+            path = self.apps_file
+            data = read_bounded(path, max_bytes)
+            if len(data) > max_bytes:
+                raise OSError(f"{path}: larger than {max_bytes // 2**20} MiB, not an apps file")
+            size = len(data)
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                at = data[: exc.start].count(b"\n") + 1
+                raise OSError(f"{path}:{at}: not UTF-8 text") from None
+            for line in text.splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
                     ids.append(line)
-        return list(dict.fromkeys(ids))
+        return list(dict.fromkeys(ids)), size
 
 
 class HttpConfig(Strict):
@@ -159,6 +185,9 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
     Raises ConfigError naming every bad key, so that a daemon never starts
     half-configured.
     """
+    import re
+
+    from pydantic_settings import SettingsError
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
@@ -169,6 +198,9 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            msg = f"{where}: not UTF-8 text (byte {exc.start} cannot be decoded)"
+            raise ConfigError(msg) from None
         try:
             loaded = YAML(typ="safe").load(text)
         except YAMLError as exc:
@@ -181,6 +213,21 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
     data.update(overrides)
     try:
         return HealerConfig(**data)
+    except SettingsError as exc:
+        # pydantic-settings reads a nested key's variable (HEALER_GUARD,
+        # HEALER_ENROLLMENT__APPS) as JSON and names only the top-level field.
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field = found.group(1) if found else ""
+        prefix = f"HEALER_{field}".upper()
+        names = sorted(
+            n for n in os.environ if n.upper() == prefix or n.upper().startswith(prefix + "__")
+        )
+        shown = ", ".join(names) or f"a HEALER_ variable for {field or 'a key'}"
+        msg = (
+            f"environment {shown}: cannot be read: list and map values must be JSON,"
+            ' like ["app-0001", "app-0002"] or {"max_in_flight": 2}'
+        )
+        raise ConfigError(msg) from None
     except ValidationError as exc:
         lines = [f"{where}: invalid configuration:"]
         for err in exc.errors():

@@ -55,3 +55,30 @@ def test_formatting_reads_back_to_the_same_duration(text: str) -> None:
 
 def test_ninety_seconds_formats_as_minutes_and_seconds() -> None:
     assert format_duration(timedelta(seconds=90)) == "1m30s"
+
+
+@pytest.mark.parametrize(
+    "text", ["99999999999999999999999h", "9999999999w", "521w", "3641d", "1" * 5000 + "s"]
+)
+def test_durations_longer_than_ten_years_are_refused_as_too_long(text: str) -> None:
+    with pytest.raises(DurationError, match="too long: at most 520w"):
+        parse_duration(text)
+
+
+def test_ten_years_exactly_is_the_longest_duration_read() -> None:
+    assert parse_duration("520w") == timedelta(weeks=520)
+    assert parse_duration("519w6d23h59m59s999ms") == timedelta(weeks=520) - timedelta(
+        milliseconds=1
+    )
+
+
+def test_a_too_long_duration_is_a_validation_error_of_the_field_that_holds_it() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from healer.policy.durations import Duration
+
+    class Holder(BaseModel):
+        wait: Duration
+
+    with pytest.raises(ValidationError, match="too long"):
+        Holder.model_validate({"wait": "99999999999999999999999h"})

@@ -28,6 +28,7 @@ from healer.cloudpilot.client import CloudPilotClient
 from healer.config import HealerConfig
 from healer.engine.engine import Engine, SweepResult, request_counter
 from healer.observe.http import build_http_app
+from healer.observe.logging import register_secret
 from healer.observe.metrics import HealerMetrics
 from healer.policy.loader import PolicyDirectory
 from healer.store import Store
@@ -88,15 +89,16 @@ class Daemon:
         cfg = self.config
         self.metrics.set_poll_interval(cfg.poll_interval.total_seconds())
 
-        # Policies and enrollment must load before anything runs.
-        loaded = self.policy_dir.reload()
+        # Policies and enrollment must load before anything runs. Files are read in a worker
+        # thread: a slow or odd filesystem must never stall the event loop.
+        loaded = await asyncio.to_thread(self.policy_dir.reload)
         if not loaded.ok:
             errors = "\n".join(f"  {e}" for e in loaded.errors)
             raise StartupError(f"policy directory {cfg.policy_dir} has errors:\n{errors}")
         self.metrics.observe_policy_load(True, len(loaded.policies))
         try:
-            self.apps = cfg.enrollment.read()
-        except OSError as exc:
+            self.apps = await asyncio.to_thread(cfg.enrollment.read)
+        except (OSError, ValueError) as exc:
             raise StartupError(f"enrollment.apps_file: cannot read: {exc}") from exc
         if not self.apps:
             log.warning("no_apps_enrolled")
@@ -183,6 +185,8 @@ class Daemon:
             raise StartupError(f"http.admin_token_file: cannot read: {exc}") from exc
         if token is None:
             log.warning("admin_api_disabled", why="no admin token configured")
+        else:
+            register_secret(token.get_secret_value())
         app = build_http_app(self, token)
         sock = socket.socket(
             socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM
@@ -260,7 +264,8 @@ class Daemon:
     async def _reload_policies(self) -> None:
         assert self.engine is not None
         before = self.policy_dir.digest
-        loaded = self.policy_dir.reload()
+        # In a worker thread: a sweep or /healthz must never wait on the filesystem.
+        loaded = await asyncio.to_thread(self.policy_dir.reload)
         if not loaded.ok:
             # Keep the last good set running: a half-saved file must not change behaviour.
             self.metrics.observe_policy_load(False)
@@ -277,13 +282,27 @@ class Daemon:
 
     async def _reload_enrollment(self) -> None:
         try:
-            apps = self.config.enrollment.read()
-        except OSError as exc:
+            apps, size = await asyncio.to_thread(self.config.enrollment.read_apps)
+        except (OSError, ValueError) as exc:
             log.error("enrollment_reload_failed", error=str(exc), kept=len(self.apps))
             return
-        if apps != self.apps:
+        dropped = [a for a in self.apps if a not in apps]
+        if size == 0 and dropped:
+            # A file of zero bytes is a save caught mid-write or an accident, not a decision:
+            # un-enrolling on purpose leaves content (a comment line) behind.
+            log.warning(
+                "enrollment_empty_ignored",
+                apps_file=str(self.config.enrollment.apps_file),
+                kept=len(self.apps),
+            )
+            return
+        if apps == self.apps:
+            return
+        if not apps:
+            log.warning("enrollment_empty", before=len(self.apps))
+        else:
             log.info("enrollment_reloaded", apps=len(apps), before=len(self.apps))
-            self.apps = apps
+        self.apps = apps
 
     async def _prune(self) -> None:
         if self.store is None:

@@ -32,6 +32,11 @@ DURATION_PATTERN = r"^(0|([0-9]+(ms|w|d|h|m|s))+)$"
 
 HINT = "write a whole number and a unit, like 90s, 5m or 1h30m (units: w, d, h, m, s, ms)"
 
+#: The longest duration healer reads: ten years (520 weeks), far beyond any sane
+#: ``for``, pause or look-back, and far inside what ``datetime`` arithmetic allows.
+MAX_DURATION = timedelta(weeks=520)
+_MAX_MS = MAX_DURATION // timedelta(milliseconds=1)
+
 
 class DurationError(ValueError):
     """A duration that does not follow the grammar; the message says why."""
@@ -45,7 +50,7 @@ def parse_duration(text: str) -> timedelta:
     if not s:
         raise DurationError(f"empty duration: {HINT}")
 
-    total = timedelta(0)
+    total_ms = 0
     pos = 0
     last = -1
     for m in _PART.finditer(s):
@@ -54,15 +59,28 @@ def parse_duration(text: str) -> timedelta:
         unit = m.group(2)
         order = _ORDER[unit]
         if order <= last:
-            msg = f"bad duration {text!r}: units must go from largest to smallest, each once"
+            msg = f"bad duration {_shown(text)}: units must go from largest to smallest, each once"
             raise DurationError(msg)
         last = order
-        total += int(m.group(1)) * _LENGTH[unit]
+        # Counted in whole milliseconds: Python ints never overflow, timedelta would.
+        # Past 18 digits the count is too long whatever its unit (and int() of
+        # thousands of digits refuses), so it is not converted at all.
+        digits = m.group(1).lstrip("0") or "0"
+        count = int(digits) if len(digits) <= 18 else _MAX_MS + 1
+        total_ms += count * (_LENGTH[unit] // timedelta(milliseconds=1))
         pos = m.end()
     if pos != len(s) or pos == 0:
-        raise DurationError(f"bad duration {text!r}: {HINT}")
+        raise DurationError(f"bad duration {_shown(text)}: {HINT}")
+    if total_ms > _MAX_MS:
+        msg = f"duration {_shown(text)} is too long: at most {format_duration(MAX_DURATION)}"
+        raise DurationError(msg + " (10 years)")
 
-    return total
+    return timedelta(milliseconds=total_ms)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when it is very long."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def format_duration(value: timedelta) -> str:

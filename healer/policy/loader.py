@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import stat
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -286,17 +288,39 @@ def load_text(text: str, filename: str) -> LoadResult:
     return _load_many([(filename, text, None)])
 
 
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a directory where a file was expected."""
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file, without ever blocking on anything else.
+
+    Raises ``NotRegularFile`` for a FIFO, a device (``/dev/zero``), a socket or
+    a directory, also behind a symlink: opening a FIFO for reading waits for a
+    writer, and a device can be read forever. The file is opened without
+    blocking and judged by ``fstat`` of what was opened, so a file swapped
+    between a check and the open cannot slip through. OSError otherwise.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path}: not a regular file")
+        return handle.read(limit + 1)
+
+
 def _read(path: Path) -> tuple[str, str | None, PolicyError | None]:
     name = str(path)
+    too_large = f"file is larger than {MAX_FILE_BYTES // 1024} KiB; split it"
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            msg = f"file is larger than {MAX_FILE_BYTES // 1024} KiB; split it"
-            return name, None, PolicyError(name, 1, 1, msg)
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except NotRegularFile:
+        return name, None, PolicyError(name, 1, 1, "not a regular file")
     except OSError as exc:
         # An unreadable file is an error in the set, not a reason to crash the daemon.
         return name, None, PolicyError(name, 1, 1, f"cannot read: {exc.strerror or exc}")
+    if len(data) > MAX_FILE_BYTES:
+        return name, None, PolicyError(name, 1, 1, too_large)
     try:
         return name, data.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
