@@ -13,6 +13,7 @@ is unresolved (``None``): not available, not unhealthy, never acted on.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,8 +213,24 @@ def build_snapshot(
     missing: Iterable[str] = (),
     errors: Mapping[str, str] | None = None,
 ) -> AppSnapshot:
-    """Assemble a snapshot from parsed payloads; a ``None`` piece is listed in ``missing``."""
+    """Assemble a snapshot from parsed payloads; a ``None`` piece is listed in ``missing``.
+
+    ``infos`` naming one instance more than once is contradictory data: the
+    piece is listed in ``missing`` with the ids in ``errors``.
+    """
     gone = list(missing)
+    problems = dict(errors or {})
+    if infos is not None:
+        # The same instance twice (say RUNNING, then DEAD) contradicts itself: whichever record
+        # were kept would be a guess, so the piece counts as not loaded and nothing is done.
+        counted = Counter(i.instance_id for i in infos)
+        twice = sorted(iid for iid, n in counted.items() if n > 1)
+        if twice:
+            shown = ", ".join(twice[:5]) + (f" (+{len(twice) - 5} more)" if len(twice) > 5 else "")
+            problems["instance_info"] = f"duplicate instance ids: {shown}"
+            if "instance_info" not in gone:
+                gone.append("instance_info")
+            infos = None
     for name, piece in (
         ("app_meta", meta),
         ("instance_status", status),
@@ -254,5 +271,5 @@ def build_snapshot(
         events=tuple(events or ()),
         hard_limits=hard_limits,
         missing=tuple(gone),
-        errors=dict(errors or {}),
+        errors=problems,
     )

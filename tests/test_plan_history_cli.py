@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from healer.simulator import Simulator, serve_in_thread
 from healer.store import ActionRow, Outcome, Store
@@ -76,6 +77,92 @@ def test_plan_for_one_app_shows_only_that_app(world: tuple[Simulator, Path, str]
     assert sim.app_ids[0] not in done.stdout
 
 
+def write_config(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_plan_lists_an_app_it_could_not_observe_with_the_reason_and_exits_1(
+    world: tuple[Simulator, Path, str],
+) -> None:
+    _, config, _ = world
+
+    done = healer("plan", "--config", str(config), "--app", "nope")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split() == ["APP", "INSTANCE", "POLICY", "ACTION", "DECISION", "REASON", "DETAIL"]
+    assert row.split()[:6] == ["nope", "-", "-", "-", "skipped", "stale_snapshot"]
+    # The simulator answers 404 for an app it does not have; each missing piece says so.
+    assert "instance_status: " in row and "404" in row
+    assert "1 of 1 app(s) could not be observed" in done.stderr
+
+
+def test_plan_exits_1_when_cloudpilot_is_down(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(EAGER_RESTART, encoding="utf-8")
+    config = write_config(
+        tmp_path / "healer.yaml",
+        f"cloudpilot: {{base_url: 'http://127.0.0.1:{free_port()}', query_retries: 0}}",
+        "enrollment: {apps: [app-0001, app-0002]}",
+        f"policy_dir: '{tmp_path / 'policies'}'",
+        f"store_url: 'sqlite:///{tmp_path / 'healer.db'}'",
+    )
+
+    done = healer("plan", "--config", str(config))
+
+    assert done.returncode == 1
+    rows = done.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["app-0001", "app-0002"]
+    assert all("skipped" in r and "ConnectError" in r for r in rows)
+    assert "nothing to do" not in done.stdout
+
+
+@pytest.mark.parametrize("store", ["mysql://x", "DIRECTORY"])
+def test_plan_with_an_unusable_store_names_store_url_and_exits_2(
+    tmp_path: Path, store: str
+) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(EAGER_RESTART, encoding="utf-8")
+    if store == "DIRECTORY":
+        store = f"sqlite:///{tmp_path}"
+    config = write_config(
+        tmp_path / "healer.yaml",
+        f"policy_dir: '{tmp_path / 'policies'}'",
+        "enrollment: {apps: [app-0001]}",
+        f"store_url: '{store}'",
+    )
+
+    done = healer("plan", "--config", str(config))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("healer plan: store_url: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_plan_does_not_create_a_missing_sqlite_ledger(
+    world: tuple[Simulator, Path, str],
+) -> None:
+    _, config, iid = world
+    db = config.parent / "healer.db"
+
+    done = healer("plan", "--config", str(config))
+
+    assert done.returncode == 0, done.stderr
+    assert not db.exists()
+    assert "planning against an empty ledger" in done.stderr
+    assert iid in done.stdout
+
+
+def test_plan_help_says_what_it_reads_and_what_its_exit_status_means() -> None:
+    done = healer("plan", "--help")
+
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "does not exist is not created" in text
+    assert "1 when any app could not be observed" in text
+
+
 def test_history_lists_the_ledger_newest_first_and_filters_by_app(tmp_path: Path) -> None:
     db = tmp_path / "healer.db"
     now = datetime.now(UTC)
@@ -119,3 +206,61 @@ def test_history_refuses_a_bad_since(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "--since" in done.stderr
+
+
+def test_history_refuses_a_since_too_long_to_compute(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "healer.yaml", f"store_url: 'sqlite:///{tmp_path / 'h.db'}'")
+
+    done = healer("history", "--config", str(config), "--since", "99999999999999999999999h")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("healer history: --since: ")
+    assert "too long" in done.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_history_refuses_a_limit_below_one(tmp_path: Path, limit: str) -> None:
+    config = write_config(tmp_path / "healer.yaml", f"store_url: 'sqlite:///{tmp_path / 'h.db'}'")
+
+    done = healer("history", "--config", str(config), "--limit", limit)
+
+    assert done.returncode == 2
+    assert "--limit: must be at least 1" in done.stderr
+
+
+def test_history_piped_into_head_stops_quietly(tmp_path: Path) -> None:
+    db = tmp_path / "healer.db"
+    at = datetime.now(UTC) - timedelta(minutes=5)
+
+    async def seed() -> None:
+        store = await Store.open(f"sqlite:///{db}")
+        for n in range(600):
+            row = ActionRow(
+                app_id="a",
+                instance_id=f"a.{n}",
+                policy="p" * 200,
+                action="restart",
+                params={},
+                issued_at=at,
+                deadline=at + timedelta(minutes=5),
+            )
+            await store.issue_action(row)
+        await store.close()
+
+    asyncio.run(seed())
+    config = write_config(tmp_path / "healer.yaml", f"store_url: 'sqlite:///{db}'")
+    exe = str(Path(sys.executable).with_name("healer"))
+    args = [exe, "history", "--config", str(config), "--json", "--limit", "600"]
+
+    # 600 lines of over 300 bytes do not fit a pipe's buffer: healer is still
+    # writing when the reader goes, as with ``| head -2``.
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = [proc.stdout.readline(), proc.stdout.readline()]
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+
+    assert all(line.startswith(b"{") for line in first)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert code == 0

@@ -3,7 +3,8 @@
 Each case runs through the daemon's own engine, client and store, with
 CloudPilot answered in-process; see ``casefile.py``. The output
 names each failing case with expected against actual decisions and ends
-with ``N passed, N failed``; the exit status is 1 on any failure.
+with ``N passed, N failed``; the exit status is 1 on any failure, and when a
+file or directory given holds no case at all.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def _files(args: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, json=False)
-    results = asyncio.run(run_files(_files(args.cases), args.policies))
+    files = {raw: _files([raw]) for raw in args.cases}
+    results = asyncio.run(run_files([f for fs in files.values() for f in fs], args.policies))
+    # A path that holds no case is an error, not a pass: a typo would otherwise test nothing.
+    sources = {r.source for r in results}
+    empty = [raw for raw, fs in files.items() if not sources.intersection(str(f) for f in fs)]
+    for raw in empty:
+        print(f"healer test: no cases found in {raw}", file=sys.stderr)
     passed = sum(1 for r in results if r.ok)
     failed = len(results) - passed
     for r in results:
@@ -57,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
                 print(failure)
     print(f"{passed} passed, {failed} failed")
     sys.stdout.flush()
-    return 1 if failed else 0
+    return 1 if failed or empty else 0

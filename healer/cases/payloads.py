@@ -75,12 +75,14 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise CaseError(f"app {app_id}: unknown key(s) {', '.join(unknown)}")
 
-    instances: Mapping[str, Any] = spec.get("instances") or {}
-    disabled = [str(i) for i in spec.get("disabled") or []]
+    where = f"app {app_id}"
+    instances = _mapping(spec.get("instances"), f"{where}: instances")
+    disabled = [str(i) for i in _sequence(spec.get("disabled"), f"{where}: disabled")]
     by_state: dict[str, list[str]] = {}
     infos: list[dict[str, Any]] = []
-    for n, (iid, fields) in enumerate(sorted(instances.items())):
-        fields = dict(fields or {})
+    ordered = sorted((str(iid), fields) for iid, fields in instances.items())
+    for n, (iid, fields) in enumerate(ordered):
+        fields = dict(_mapping(fields, f"{where}: instance {iid}"))
         state = str(fields.pop("status", "RUNNING"))
         by_state.setdefault(state, []).append(iid)
         if fields.pop("disabled", False) and iid not in disabled:
@@ -99,10 +101,12 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         "extend_mask": False,
         "shrink_mask": False,
     }
-    meta.update(spec.get("meta") or {})
+    meta.update(_mapping(spec.get("meta"), f"{where}: meta"))
     events = []
-    for ev in spec.get("events") or []:
-        events.append({"app_id": app_id, "status": "firing", **ev})
+    for n, ev in enumerate(_sequence(spec.get("events"), f"{where}: events")):
+        events.append(
+            {"app_id": app_id, "status": "firing", **_mapping(ev, f"{where}: events[{n}]")}
+        )
 
     total = spec.get("total_num", len(instances))
     return {
@@ -120,6 +124,24 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         "disabled": {"disabled_instance_id_list": disabled},
         "events": {"events": events},
     }
+
+
+def _mapping(value: Any, where: str) -> Mapping[Any, Any]:
+    """``value`` when it is a mapping (nothing given is an empty one); else a CaseError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CaseError(f"{where}: expected a mapping of fields, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value: Any, where: str) -> list[Any]:
+    """``value`` as a list when it is one (nothing given is an empty one); else a CaseError."""
+    if value is None:
+        return []
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise CaseError(f"{where}: expected a list, got {type(value).__name__}")
+    return list(value)
 
 
 def _body(payloads: Mapping[str, Any], call: str) -> bytes:

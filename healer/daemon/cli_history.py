@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", help="only this app")
     parser.add_argument("--policy", help="only this policy")
     parser.add_argument("--since", default="24h", help="how far back (default 24h)")
-    parser.add_argument("--limit", type=int, default=200, help="at most this many (200)")
+    parser.add_argument("--limit", type=_positive_int, default=200, help="at most this many (200)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
     # Logs go to stderr and only when something is wrong: stdout is the ledger.
     configure_logging("warning", json=False)
 
-    async def main() -> list[dict[str, object]]:
-        store = await Store.open(config.store_url)
+    async def main() -> list[dict[str, object]] | None:
+        try:
+            store = await Store.open(config.store_url)
+        except Exception as exc:
+            # Whatever the driver raised, name the setting to fix (as healer run does).
+            print(f"healer history: store_url: cannot open the store: {exc}", file=sys.stderr)
+            return None
         try:
             rows = await store.actions(
                 app_id=args.app, policy=args.policy, since=since, limit=args.limit
@@ -51,10 +67,24 @@ def run(args: argparse.Namespace) -> int:
         return [action_json(r) for r in rows]
 
     records = asyncio.run(main())
-    if args.json:
+    if records is None:
+        return 2
+    try:
+        _print(records, json_lines=args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``healer history --json | head``): nothing more to say.
+        # stdout goes to /dev/null so that the flush at exit does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+def _print(records: list[dict[str, object]], *, json_lines: bool) -> None:
+    if json_lines:
         for r in records:
             print(json.dumps(r, sort_keys=True))
-        return 0
+        return
     rows = [
         [
             str(r["issued_at"]),
@@ -68,4 +98,3 @@ def run(args: argparse.Namespace) -> int:
         for r in records
     ]
     print_table(["ISSUED", "APP", "INSTANCE", "POLICY", "ACTION", "OUTCOME", "DETAIL"], rows)
-    return 0

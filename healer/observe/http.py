@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from healer.policy.durations import DurationError, parse_duration
+from healer.store import Outcome
 
 log = structlog.get_logger("healer.http")
 
@@ -82,6 +83,9 @@ class ResumeRequest(BaseModel):
 
 
 MAX_PAUSE = timedelta(days=7)
+
+#: The values ``GET /v1/actions?outcome=`` accepts.
+OUTCOMES = tuple(o.value for o in Outcome)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -150,21 +154,28 @@ def build_http_app(
         for key in ("app", "policy", "outcome"):
             if q.get(key):
                 filters[key] = q[key]
+        if "outcome" in filters and filters["outcome"] not in OUTCOMES:
+            valid = ", ".join(OUTCOMES)
+            return _error(400, f"outcome: {filters['outcome']!r} is not one of {valid}")
         if q.get("since"):
             try:
                 filters["since"] = now() - parse_duration(q["since"])
             except DurationError as exc:
                 return _error(400, f"since: {exc}")
         try:
-            filters["limit"] = min(int(q.get("limit", "200")), 5000)
+            limit = int(q.get("limit", "200"))
         except ValueError:
             return _error(400, "limit: must be a whole number")
+        if limit < 1:
+            return _error(400, "limit: must be at least 1")
+        filters["limit"] = min(limit, 5000)
         return JSONResponse({"actions": await backend.actions(**filters)})
 
     async def pause(request: Request) -> Response:
         body = await admin_body(request, PauseRequest)
         if isinstance(body, Response):
             return body
+        field = "for" if body.duration is not None else "until"
         try:
             until = body.expiry(now())
         except DurationError as exc:
@@ -173,7 +184,7 @@ def build_http_app(
             return _error(422, "invalid body", fields=[{"field": "until", "error": "in the past"}])
         if until - now() > MAX_PAUSE:
             # A forgotten pause silently turns healing off; make people renew long ones.
-            return _error(422, "invalid body", fields=[{"field": "for", "error": "at most 7d"}])
+            return _error(422, "invalid body", fields=[{"field": field, "error": "at most 7d"}])
         result = await backend.pause(body.app_id, body.who, body.why, until)
         log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
         return JSONResponse(result)
@@ -192,6 +203,9 @@ def build_http_app(
             return body
         name = request.path_params["name"]
         result = await backend.resume_policy(name, body.who)
+        if not result.get("resumed"):
+            # Unknown names land here too: nothing to resume either way.
+            return _error(404, f"policy {name!r} is not suspended")
         log.info("policy_resumed", policy=name, who=body.who)
         return JSONResponse(result)
 
