@@ -8,7 +8,8 @@ is never acted on (``stale_snapshot``).
 Per-instance states come from ``status_instance_top_five``, which names at
 most five instances per state. An instance named in no list is RUNNING only
 when every non-RUNNING instance is accounted for by name; otherwise its state
-is unresolved (``None``): not available, not unhealthy, never acted on.
+is unresolved (``None``): not available, not unhealthy, and the guard charges
+a disruptive action on it to the budget as if it were serving.
 """
 
 from __future__ import annotations

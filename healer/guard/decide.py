@@ -36,6 +36,10 @@ Decisions made where DESIGN.md is silent, each in favour of doing less:
   1) unhealable, against "a small app can always be healed within its
   budget". Every action that costs 1 needs ``available − spent − 1 ≥
   required``.
+- An instance named in no top-five list while the app has unnamed
+  non-RUNNING instances has no known state. It is not counted available, yet
+  a disruptive action on it costs 1, as if it were: it may be serving. So
+  only an instance known to be out of service is ever acted on for free.
 - A missing ``shrink_mask`` / ``extend_mask`` in the app's meta is taken as
   true: an action with that capacity effect is refused.
 - ``max_in_flight`` counts the app's disruptive actions in flight, from any
@@ -381,7 +385,10 @@ class _Sweep:
         rules = p.policy
         disruptive = p.disruptive
         inst = snap.instances.get(p.instance_id) if snap is not None else None
-        cost = 1 if disruptive and p.instance_id in st.available else 0
+        # An instance whose state the top-five lists leave unresolved may be serving:
+        # acting on it is charged as if it were (it is never counted available).
+        unresolved = inst is not None and inst.state is None
+        cost = 1 if disruptive and (p.instance_id in st.available or unresolved) else 0
         arith = self.arithmetic(st, cost) if snap is not None and snap.complete else None
 
         # Fleet and app switches.
