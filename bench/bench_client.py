@@ -7,7 +7,7 @@ native pool, and the httpx-aiohttp transport when installed) and each
 concurrency, it sends a fixed number of queries spread over the fleet's apps
 and prints requests per second, client CPU per request, and latency.
 
-    .venv/bin/python bench/bench_client.py --apps 1000 --requests 3000
+    .venv/bin/python bench/bench_client.py --apps 10000 --requests 3000
     .venv/bin/python bench/bench_client.py --call mix --concurrency 1,8,32
 """
 
@@ -128,7 +128,7 @@ async def run_once(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, default=1000, help="apps in the simulated fleet")
+    parser.add_argument("--apps", type=int, default=10_000, help="apps in the simulated fleet")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated in-flight counts")

@@ -468,6 +468,25 @@ async def test_a_bad_pause_body_is_refused_with_422_naming_the_field(
 # -- the read endpoints -------------------------------------------------------------------------
 
 
+async def test_one_app_cloudpilot_never_answers_for_does_not_keep_healer_unready(
+    store_url: str, policy_dir: Path
+) -> None:
+    with simulated(2, seed=3) as served:
+        # An enrolled id CloudPilot does not know: every sweep is incomplete for it.
+        apps = [*served.sim.app_ids, "no-such-app"]
+        config = healer_config(
+            served, store_url, policy_dir, enrollment=EnrollmentConfig(apps=apps)
+        )
+        async with running(config) as daemon:
+            await ready(daemon)
+
+            assert daemon.engine is not None
+            assert daemon.engine.last_sweep is not None
+            last = daemon.engine.last_sweep
+            assert (last.apps, last.complete) == (3, 2)
+            assert daemon.engine.complete_sweeps == 0
+
+
 async def test_health_readiness_status_actions_and_metrics_answer_over_http(
     store_url: str, policy_dir: Path
 ) -> None:

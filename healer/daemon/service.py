@@ -326,7 +326,10 @@ class Daemon:
         return self.scheduler is not None and self.scheduler.running
 
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.complete_sweeps > 0
+        # Ready once a sweep has ended with CloudPilot answering for at least one app. Not
+        # "every app complete": one enrolled app that CloudPilot never answers for would
+        # keep the pod out of its Service for good.
+        return self.engine is not None and self.engine.sweeps_answered > 0
 
     def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()

@@ -188,6 +188,9 @@ class Engine:
         self.memory = ConditionMemory()
         self.status: dict[str, AppStatus] = {}
         self.last_sweep: SweepResult | None = None
+        #: Sweeps that ended with at least one complete snapshot (or nothing enrolled), and
+        #: those in which every app's snapshot was complete.
+        self.sweeps_answered = 0
         self.complete_sweeps = 0
         # Since when each open action's goal has held (verification's healthy_for).
         self._healthy_since: dict[int, datetime] = {}
@@ -272,6 +275,8 @@ class Engine:
         sweep.seconds = time.monotonic() - started
         self._update_status(snapshots, result_guard, now)
         self.last_sweep = sweep
+        if sweep.complete or not sweep.apps:
+            self.sweeps_answered += 1
         if sweep.apps and sweep.complete == sweep.apps:
             self.complete_sweeps += 1
         self.metrics.observe_sweep(sweep.seconds)
