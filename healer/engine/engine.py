@@ -75,7 +75,8 @@ GUARD_OUTCOME: dict[Outcome, GuardOutcome] = {
     Outcome.EXPIRED: GuardOutcome.UNKNOWN,
 }
 
-#: How far back the ledger is read for rate limits, escalation and suspension.
+#: The least of how far back the ledger is read for rate limits, escalation, cooldowns and
+#: suspension; longer when a policy's window or cooldown, or the suspension window, is.
 HISTORY = timedelta(hours=6)
 
 BRAKE_KEY = "fleet_brake"
@@ -325,10 +326,23 @@ class Engine:
 
     # -- the ledger ----------------------------------------------------------------------
 
+    def history_horizon(self) -> timedelta:
+        """How far back attempts are read: far enough for every window that counts them.
+
+        A fixed horizon would quietly shorten a 12 h cooldown or a 1 d escalation window
+        to itself, and the guard would act sooner than the policy says.
+        """
+        windows = [HISTORY, self.guard.instance_cooldown, self.guard.suspension.window]
+        for p in self.policies:
+            windows.append(p.limits.instance_cooldown or timedelta(0))
+            if p.escalate is not None:
+                windows.append(p.escalate.within)
+        return max(windows)
+
     async def _ledger_view(self, now: datetime, calls: int, errors: int) -> LedgerView:
         """The ledger as the guard reads it, from the store."""
         open_actions = await self.store.open_actions()
-        history = await self.store.attempts_since(now - HISTORY)
+        history = await self.store.attempts_since(now - self.history_horizon())
         pauses = await self.store.active_pauses(now)
         silences = await self.store.active_silences(now)
         suspended = await self.store.suspended_policies()
@@ -410,7 +424,7 @@ class Engine:
 
         # A heal that fails again inside its probation did not hold: it becomes not_healed,
         # an unhealed attempt that feeds escalation (flap damping).
-        since = now - self.guard.probation - HISTORY
+        since = now - self.guard.probation - self.history_horizon()
         for rec in await self.store.actions(since=since, outcome=Outcome.HEALED.value):
             snap = snapshots.get(rec.app_id)
             if snap is None or not snap.complete or rec.outcome_at is None:
