@@ -7,8 +7,22 @@ outcome: asking to restart a frozen instance is unsafe even if CloudPilot
 refuses it. Each entry carries the arithmetic that makes it unsafe.
 
 The report's keys are stable: ``faults_injected`` (``total``, ``by_kind``),
-``actions`` (action → outcome → count), ``instances_healed``,
-``unsafe_actions`` (a list) and ``unsafe_count``.
+``actions`` (action → outcome → count), ``actions_by_replica``,
+``instances_healed``, ``unsafe_actions`` (a list) and ``unsafe_count``.
+
+``actions`` counts each instance an action call names, once, under one outcome:
+
+- ``success``, ``failed``: the simulator carried the call out (``failed``: no
+  such instance, CloudPilot refused it, or a partial failure). A call whose
+  answer then hung or came back truncated did run, and is counted here too.
+- ``unauthorized`` (answered 401), ``error`` (the injected HTML error page) and
+  ``envelope_error`` (an injected envelope whose code is not 0): the call was
+  answered with an error and did not run. It is audited all the same, as if it
+  had run against the true state at that moment, and its unsafe entries carry
+  ``answered``, set to that outcome.
+
+A call whose body names no app and instances, or an unknown app, is answered
+with an error and counted under ``requests`` only.
 """
 
 from __future__ import annotations
@@ -31,6 +45,12 @@ UNSAFE_KINDS: tuple[str, ...] = (
 )
 
 DISRUPTIVE: frozenset[str] = frozenset(a.value for a in DISRUPTIVE_ACTIONS)
+
+#: Outcomes of an action call answered with an error, which did not run.
+UNAUTHORIZED = "unauthorized"
+ERROR = "error"
+ENVELOPE_ERROR = "envelope_error"
+REFUSED_OUTCOMES: tuple[str, ...] = (UNAUTHORIZED, ERROR, ENVELOPE_ERROR)
 
 
 def instance_guard_kinds(app: SimApp, inst: SimInstance, action: str) -> list[str]:

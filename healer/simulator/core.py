@@ -13,6 +13,8 @@ sleeping; the default clock is the wall clock.
 
 from __future__ import annotations
 
+import copy
+import functools
 import heapq
 import itertools
 import math
@@ -204,6 +206,14 @@ class FaultError(ValueError):
     """A fault request that cannot be carried out (unknown kind or target)."""
 
 
+def _twin(app: SimApp) -> SimApp:
+    """A copy of ``app`` whose instances and disabled list can change without touching it."""
+    twin = copy.copy(app)
+    twin.instances = {iid: copy.copy(inst) for iid, inst in app.instances.items()}
+    twin.disabled = set(app.disabled)
+    return twin
+
+
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
@@ -353,7 +363,14 @@ class Simulator:
     # --------------------------------------------------------------- operations
 
     def _begin(
-        self, app: SimApp, inst: SimInstance, action: str, duration: float, *, by_request: bool
+        self,
+        app: SimApp,
+        inst: SimInstance,
+        action: str,
+        duration: float,
+        *,
+        by_request: bool,
+        shadow: bool = False,
     ) -> None:
         # A new operation replaces a running one; interrupt then restores the oldest "before".
         before = (
@@ -362,7 +379,7 @@ class Simulator:
             else {name: getattr(inst, name) for name in _RESTORED}
         )
         op = Operation(
-            op_id=next(self._op_ids),
+            op_id=0 if shadow else next(self._op_ids),
             action=action,
             started=self.now,
             due=self.now + duration,
@@ -370,6 +387,8 @@ class Simulator:
             before=before,
         )
         inst.op = op
+        if shadow:
+            return  # a twin's operation (see ``refuse``): the clock never finishes it
         heapq.heappush(
             self._heap, (op.due, next(self._seq), app.app_id, inst.instance_id, op.op_id)
         )
@@ -460,9 +479,44 @@ class Simulator:
             )
             return {"success_instances": success, "failed_instances": failed}
 
+    def refuse(
+        self,
+        action: str,
+        app_id: str,
+        instance_ids: Iterable[str],
+        outcome: str,
+        *,
+        replica: str | None = None,
+    ) -> None:
+        """Audit and count an action CloudPilot received but answered with an error.
+
+        The action is not carried out: nothing in the fleet changes. Each
+        instance it names is counted under ``outcome`` (see the auditor's
+        docstring) and audited exactly as ``act`` would audit it, against the
+        true state now: the request is played on a twin of the app, so that
+        ``below_required`` and ``in_flight`` see the same arithmetic as if it
+        had run. Its unsafe entries carry ``answered``, set to ``outcome``.
+        """
+        act_enum = Action(action)
+        with self.lock:
+            self.tick()
+            twin = _twin(self.app(app_id))
+            for iid in instance_ids:
+                self._act_one(twin, iid, act_enum, replica, 0.0, refused=outcome)
+                self.auditor.action(act_enum.value, outcome, replica)
+            log.info("sim_action_refused", app_id=app_id, action=act_enum.value, outcome=outcome)
+
     def _act_one(
-        self, app: SimApp, iid: str, action: Action, replica: str | None, fail_rate: float
+        self,
+        app: SimApp,
+        iid: str,
+        action: Action,
+        replica: str | None,
+        fail_rate: float,
+        *,
+        refused: str | None = None,
     ) -> str:
+        """Audit then apply one instance's action; ``refused`` plays it on a twin (``refuse``)."""
         inst = app.instances.get(iid)
         if inst is None:
             return "failed"
@@ -470,17 +524,19 @@ class Simulator:
         # Audit first, against the state the action found.
         leader = self.settings.leader
         if leader is not None and replica is not None and replica != leader:
-            self._unsafe("not_leader", action, app, iid, replica, leader=leader)
+            self._unsafe("not_leader", action, app, iid, replica, leader=leader, answered=refused)
         for kind in instance_guard_kinds(app, inst, action):
             previous = inst.op.action if kind == "in_flight" and inst.op is not None else None
-            self._unsafe(kind, action, app, iid, replica, previous_action=previous)
+            self._unsafe(
+                kind, action, app, iid, replica, previous_action=previous, answered=refused
+            )
         was_available = app.is_available(inst)
         available_before = app.available() if was_available else 0
 
         if fail_rate and self.api_rng.random() < fail_rate:
             self.auditor.api_faults["partial_failure"] += 1
             return "failed"
-        if not self._apply(app, inst, action):
+        if not self._apply(app, inst, action, shadow=refused is not None):
             return "failed"
 
         if inst.faulted:
@@ -500,6 +556,7 @@ class Simulator:
                     available_before=available_before,
                     available_after=after,
                     budget=app.budget,
+                    answered=refused,
                 )
         return "success"
 
@@ -519,29 +576,36 @@ class Simulator:
             **{k: v for k, v in details.items() if v is not None},
         )
 
-    def _apply(self, app: SimApp, inst: SimInstance, action: Action) -> bool:
-        """Change the instance as the action does; False when CloudPilot would refuse it."""
+    def _apply(
+        self, app: SimApp, inst: SimInstance, action: Action, *, shadow: bool = False
+    ) -> bool:
+        """Change the instance as the action does; False when CloudPilot would refuse it.
+
+        ``shadow`` is for a twin of the app (``refuse``): the same changes to the
+        twin's instances, but no operation is scheduled and nothing is healed.
+        """
+        begin = functools.partial(self._begin, by_request=True, shadow=shadow)
         if inst.state == "DESTORY":
             return False
         if inst.frozen and action not in (Action.UNFREEZE, Action.INTERRUPT):
             return False
 
         if action is Action.RESTART:
-            self._begin(app, inst, "restart", self._duration("restart"), by_request=True)
+            begin(app, inst, "restart", self._duration("restart"))
             inst.state = "RESTARTING"
         elif action is Action.STOP:
-            self._begin(app, inst, "stop", self._duration("stop"), by_request=True)
+            begin(app, inst, "stop", self._duration("stop"))
             inst.state = "STOPPING"
         elif action is Action.START:
-            self._begin(app, inst, "start", self._duration("start"), by_request=True)
+            begin(app, inst, "start", self._duration("start"))
         elif action is Action.MIGRATE:
-            self._begin(app, inst, "migrate", self._duration("migrate"), by_request=True)
+            begin(app, inst, "migrate", self._duration("migrate"))
             inst.migrating = True
         elif action is Action.DELETE:
-            self._begin(app, inst, "delete", self._duration("delete"), by_request=True)
+            begin(app, inst, "delete", self._duration("delete"))
             inst.state = "DESTORY"
         elif action is Action.REPAIR:
-            self._begin(app, inst, "repair", self._duration("repair"), by_request=True)
+            begin(app, inst, "repair", self._duration("repair"))
             inst.under_repair = True
         elif action is Action.DISABLE:
             app.disabled.add(inst.instance_id)
@@ -549,7 +613,8 @@ class Simulator:
             app.disabled.discard(inst.instance_id)
         elif action is Action.UNFREEZE:
             inst.frozen = False
-            self._check_healed(app, inst)
+            if not shadow:
+                self._check_healed(app, inst)
         elif action is Action.INTERRUPT:
             if inst.op is None:
                 return False

@@ -5,6 +5,13 @@ of DESIGN section 1 at its default path, plus the control API under
 ``/sim/``. API faults (errors, latency, hangs, malformed bodies) and the
 optional token check apply to the CloudPilot paths only, never to ``/sim/``.
 
+An action call is audited whatever the answer. One answered 401, with the
+HTML error page or with an envelope error is not carried out, but when its
+body names an app and instances the auditor still checks and counts it, under
+the outcome ``unauthorized``, ``error`` or ``envelope_error``
+(``Simulator.refuse``). One that hangs or gets a truncated body did run, and
+is audited and counted by ``Simulator.act`` like any other.
+
 ``serve`` (async) and ``serve_in_thread`` (sync) run uvicorn in this process
 on a loopback port and yield a ``RunningSimulator`` with its ``base_url``:
 this is how tests and the demo get a real CloudPilot to talk to.
@@ -30,6 +37,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from healer.cloudpilot.models import Action
+from healer.simulator.auditor import ENVELOPE_ERROR, ERROR, UNAUTHORIZED
 from healer.simulator.core import ApiFaults, FaultError, Simulator, UnknownApp
 
 log = structlog.get_logger("healer.simulator")
@@ -56,6 +64,8 @@ _ERROR_PAGE = (
 )
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: Audits and counts a call answered with an error before it ran, under an outcome.
+Refuser = Callable[[Request, str], Awaitable[None]]
 
 
 class ApiError(Exception):
@@ -97,14 +107,28 @@ class _Api:
         return request.headers.get(s.auth_header) == expected
 
     def endpoint(
-        self, name: str, produce: Callable[[Request], Awaitable[Any]], path: str
+        self,
+        name: str,
+        produce: Callable[[Request], Awaitable[Any]],
+        path: str,
+        refuse: Refuser | None = None,
     ) -> Handler:
-        """A handler: auth, API faults, then ``produce`` (which may raise ApiError)."""
+        """A handler: auth, API faults, then ``produce`` (which may raise ApiError).
+
+        ``refuse`` (actions only) is awaited with the outcome before answering
+        an error that means the call did not run: 401, the error page, an
+        envelope error.
+        """
         sim = self.sim
+
+        async def refused(request: Request, outcome: str) -> None:
+            if refuse is not None:
+                await refuse(request, outcome)
 
         async def handle(request: Request) -> Response:
             sim.auditor.requests[name] += 1
             if not self.authorized(request):
+                await refused(request, UNAUTHORIZED)
                 return self.error(401, "unauthorized")
 
             faults = sim.api_faults
@@ -115,10 +139,12 @@ class _Api:
                 rng = sim.api_rng
                 if rng.random() < faults.error_rate:
                     sim.auditor.api_faults["error"] += 1
+                    await refused(request, ERROR)
                     page = _ERROR_PAGE.format(faults.error_status)
                     return HTMLResponse(page, status_code=faults.error_status)
                 if rng.random() < faults.envelope_error_rate:
                     sim.auditor.api_faults["envelope_error"] += 1
+                    await refused(request, ENVELOPE_ERROR)
                     return _json({"code": 5001, "message": "internal error", "data": None})
 
             try:
@@ -192,20 +218,26 @@ def _query_producers(sim: Simulator) -> dict[str, Callable[[Request], Awaitable[
     }
 
 
+async def _action_body(request: Request) -> tuple[str, list[str]]:
+    """The app and instances an action's body names; ApiError 400 when it names none."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    app_id = body.get("app_id")
+    ids = body.get("instance_ids")
+    if not isinstance(app_id, str) or not app_id:
+        raise ApiError(400, "app_id must be a non-empty string")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "instance_ids must be a list of strings")
+    return app_id, ids
+
+
 def _action_producer(sim: Simulator, action: str) -> Callable[[Request], Awaitable[Any]]:
     async def produce(request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "body is not JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "body must be a JSON object")
-        app_id = body.get("app_id")
-        ids = body.get("instance_ids")
-        if not isinstance(app_id, str) or not app_id:
-            raise ApiError(400, "app_id must be a non-empty string")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ApiError(400, "instance_ids must be a list of strings")
+        app_id, ids = await _action_body(request)
         faults = sim.api_faults
         rate = faults.partial_failure_rate if faults.applies_to(request.url.path) else 0.0
         return sim.act(
@@ -217,6 +249,26 @@ def _action_producer(sim: Simulator, action: str) -> Callable[[Request], Awaitab
         )
 
     return produce
+
+
+def _action_refuser(sim: Simulator, action: str) -> Refuser:
+    """Audit an action answered with an error before it ran (``Simulator.refuse``).
+
+    A body that names no app and instances, or an unknown app, has nothing to
+    audit: the call gets the error answer it was getting anyway.
+    """
+
+    async def refuse(request: Request, outcome: str) -> None:
+        try:
+            app_id, ids = await _action_body(request)
+        except ApiError:
+            return
+        with contextlib.suppress(UnknownApp):
+            sim.refuse(
+                action, app_id, ids, outcome, replica=request.headers.get("x-healer-replica")
+            )
+
+    return refuse
 
 
 def _control_routes(sim: Simulator) -> list[Route]:
@@ -298,7 +350,9 @@ def build_app(sim: Simulator) -> Starlette:
         path = QUERY_PATHS[name]
         routes.append(Route(path, api.endpoint(name, produce, path), methods=["GET"]))
     for action, path in ACTION_PATHS.items():
-        handler = api.endpoint(action, _action_producer(sim, action), path)
+        handler = api.endpoint(
+            action, _action_producer(sim, action), path, _action_refuser(sim, action)
+        )
         routes.append(Route(path, handler, methods=["POST"]))
     routes += _control_routes(sim)
     app = Starlette(routes=routes)
