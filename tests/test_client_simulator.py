@@ -269,7 +269,7 @@ class TestTheSimulatorsApiFaults:
 
         assert caught.value.instance_ids == [iid]
         assert sim.state_of(app_id, iid) == "RUNNING"
-        assert "stop" not in sim.report()["actions"]
+        assert sim.report()["actions"]["stop"] == {"envelope_error": 1}
 
     async def test_an_answer_that_comes_too_late_leaves_the_action_unknown_though_it_ran(
         self, running: RunningSimulator

@@ -119,3 +119,67 @@ def test_the_admin_token_comes_from_a_file_and_never_shows_in_repr(tmp_path: Pat
 
     assert resolved is not None and resolved.get_secret_value() == "s3cret-admin-token"
     assert "s3cret" not in repr(config)
+
+
+# -- maintenance windows ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    ["start: 22:00\n      end: 22:00", "start: 2026-05-01T00:00\n      end: 2026-05-01T00:00"],
+)
+def test_a_maintenance_window_whose_start_equals_its_end_is_an_error_naming_the_key(
+    tmp_path: Path, bounds: str
+) -> None:
+    path = write(
+        tmp_path,
+        f"guard:\n  maintenance_windows:\n    - name: deploys\n      {bounds}\n",
+    )
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert "guard.maintenance_windows.0.end:" in str(info.value)
+    assert "end equals start" in str(info.value)
+
+
+def test_a_window_written_with_the_old_app_ids_key_still_silences_those_apps(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "guard:\n"
+        "  maintenance_windows:\n"
+        "    - name: nightly\n"
+        "      select: {product: [search], app_ids: ['web-*'], exclude_app_ids: [web-9]}\n"
+        "      timezone: Asia/Shanghai\n"
+        "      start: 22:00\n"
+        "      end: 02:00\n",
+    )
+
+    (window,) = load_config(path).guard.maintenance_windows
+
+    assert window.select.model_dump(exclude_none=True) == {
+        "product": ["search"],
+        "app_id": ["web-*"],
+        "exclude_app_ids": ["web-9"],
+    }
+
+
+def test_a_window_select_takes_the_policy_selector_and_names_a_bad_key(tmp_path: Path) -> None:
+    good = write(
+        tmp_path,
+        "guard:\n  maintenance_windows:\n"
+        "    - {start: '01:00', end: '02:00',\n"
+        "       select: {service_level: 1, exclude: {cluster: bj}}}\n",
+    )
+    (window,) = load_config(good).guard.maintenance_windows
+    assert window.select.exclude is not None and window.select.exclude.cluster == ["bj"]
+
+    bad = write(
+        tmp_path,
+        "guard:\n  maintenance_windows:\n"
+        "    - {start: '01:00', end: '02:00', select: {prodcut: [search]}}\n",
+    )
+    with pytest.raises(ConfigError, match=r"guard\.maintenance_windows\.0\.select\.prodcut"):
+        load_config(bad)

@@ -465,6 +465,60 @@ async def test_a_bad_pause_body_is_refused_with_422_naming_the_field(
     assert pauses == []
 
 
+async def test_a_silence_set_over_http_refuses_the_apps_its_policy_selector_matches(
+    store_url: str, policy_dir: Path
+) -> None:
+    with simulated(6, seed=3, speed=5) as served:
+        sim = served.sim
+        app_id = healable_app(sim)
+        iid = plain_instance(sim, app_id)
+        async with running(healer_config(served, store_url, policy_dir)) as daemon:
+            await ready(daemon)
+            store = daemon.store
+            assert store is not None
+            select = {"app_id": [app_id], "exclude": {"cluster": ["no-such-cluster-*"]}}
+            body = {"select": select, "who": "alice", "why": "e2e deploy", "for": "10m"}
+            good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
+                no_token = await api.post("/v1/silences", json=body)
+                bad = await api.post(
+                    "/v1/silences", json={**body, "select": {"prodcut": "x"}}, headers=good
+                )
+                assert (no_token.status_code, bad.status_code) == (401, 422)
+                assert "select.prodcut" in [f["field"] for f in bad.json()["fields"]]
+                assert await store.active_silences(_now()) == []
+
+                added = await api.post("/v1/silences", json=body, headers=good)
+                assert added.status_code == 200, added.text
+                silence_id = added.json()["id"]
+                listed = (await api.get("/v1/silences")).json()["silences"]
+                assert [(s["id"], s["select"]) for s in listed] == [(silence_id, select)]
+
+                sim.inject_fault("unknown", app_id, iid)
+
+                async def refused_silenced() -> bool:
+                    rows = await store.decisions(app_id=app_id, decision="refused")
+                    return any(r.reason == "silenced" for r in rows)
+
+                await eventually(refused_silenced, "a `silenced` refusal for the silenced app")
+                assert action_requests(sim) == 0
+                assert sim.state_of(app_id, iid) == "UNKNOWN"
+
+                path = f"/v1/silences/{silence_id}"
+                no_token = await api.request("DELETE", path, json={"who": "alice"})
+                assert no_token.status_code == 401
+                removed = await api.request("DELETE", path, json={"who": "alice"}, headers=good)
+                assert removed.status_code == 200, removed.text
+                assert (await api.get("/v1/silences")).json() == {"silences": []}
+                await eventually(
+                    lambda: sim.report()["instances_healed"] == 1, "healing once unsilenced"
+                )
+
+        report = sim.report()
+        assert report["actions"] == {"restart": {"success": 1}}
+        assert report["unsafe_count"] == 0
+
+
 # -- the read endpoints -------------------------------------------------------------------------
 
 

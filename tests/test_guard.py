@@ -25,7 +25,7 @@ from healer.guard import (
     Outcome,
     Pause,
     Reason,
-    Selector,
+    Select,
     Silence,
     Verdict,
     compute_budget,
@@ -311,13 +311,13 @@ class TestEveryReason:
         assert only_reason(fine(), prop("i0"), ledger=LedgerView(pauses=(this,))) is Reason.PAUSED
 
     def test_silenced_by_a_silence(self) -> None:
-        s = Silence(select=Selector(app_id=["a*"]), start=NOW, end=NOW + timedelta(hours=1))
+        s = Silence(select=Select(app_id=["a*"]), start=NOW, end=NOW + timedelta(hours=1))
         ledger = LedgerView(silences=(s,))
 
         assert only_reason(fine(), prop("i0"), ledger=ledger) is Reason.SILENCED
 
     def test_silenced_by_a_maintenance_window(self) -> None:
-        window = MaintenanceWindow(start="11:00", end="13:00", select=Selector(product=["prod*"]))
+        window = MaintenanceWindow(start="11:00", end="13:00", select=Select(product=["prod*"]))
         config = GuardConfig(max_in_flight=10, maintenance_windows=[window])
 
         assert only_reason(fine(), prop("i0"), config=config) is Reason.SILENCED
@@ -812,12 +812,32 @@ class TestMaintenanceWindows:
         with pytest.raises(ValidationError):
             MaintenanceWindow(**kw)
 
+    @pytest.mark.parametrize(
+        "kw",
+        [
+            {"start": "02:00", "end": "02:00"},
+            {"start": "02:00", "end": "02:00:00"},
+            {"start": "2026-03-02T00:00", "end": "2026-03-02T00:00"},
+            # The same instant in two notations is still an empty window.
+            {"start": "2026-03-02T08:00+08:00", "end": "2026-03-02T00:00Z"},
+        ],
+    )
+    def test_a_window_whose_start_equals_its_end_is_an_error_on_end(
+        self, kw: dict[str, Any]
+    ) -> None:
+        with pytest.raises(ValidationError) as info:
+            MaintenanceWindow(name="deploys", **kw)
+
+        (error,) = info.value.errors()
+        assert error["loc"] == ("end",)
+        assert "'deploys': end equals start" in error["msg"]
+
     def test_selectors_match_like_policy_select(self) -> None:
         snap = app(healthy(1), ratio(1, 0), meta={"product": "search", "service_level": 2})
 
-        assert Selector(product=["sea*"], service_level=[1, 2]).matches("a", snap.meta)
-        assert not Selector(product=["sea*"], service_level=3).matches("a", snap.meta)
-        assert not Selector(exclude_app_ids=["a"]).matches("a", snap.meta)
+        assert Select(product=["sea*"], service_level=[1, 2]).matches("a", snap.meta)
+        assert not Select(product=["sea*"], service_level=3).matches("a", snap.meta)
+        assert not Select(exclude_app_ids=["a"]).matches("a", snap.meta)
 
     def test_unknown_keys_are_errors(self) -> None:
         with pytest.raises(ValidationError):
@@ -828,3 +848,87 @@ class TestMaintenanceWindows:
 
         assert config.probation == timedelta(hours=1, minutes=30)
         assert config.instance_cooldown == timedelta(seconds=90)
+
+
+# --- windows and silences select apps as policies do ------------------------------------------
+
+
+#: (select, the app's meta overrides, app id, whether the app is selected), worked out by hand
+#: from the policy language: every field given matches, no exclusion does, and a field the
+#: app's meta lacks (missing or null) matches no glob, neither to select nor to exclude.
+#: The default meta is product=product, module=module, cluster=cluster, service_level=1 and
+#: no pass_type.
+SELECTIONS: list[tuple[dict[str, Any], dict[str, Any], str, bool]] = [
+    ({}, {}, "a", True),
+    ({"product": "prod*"}, {}, "a", True),
+    ({"product": "search"}, {}, "a", False),
+    ({"service_level": [1, 2]}, {}, "a", True),
+    ({"service_level": 2}, {}, "a", False),
+    ({"pass_type": "*"}, {}, "a", False),
+    ({"product": "*"}, {"product": None}, "a", False),
+    ({"product": "*"}, {"product": ""}, "a", False),
+    ({"exclude": {"pass_type": "*"}}, {}, "a", True),
+    ({"exclude": {"cluster": "clu*"}}, {}, "a", False),
+    ({"exclude": {"cluster": "bj"}}, {}, "a", True),
+    ({"exclude_app_ids": ["a*"]}, {}, "app-1", False),
+    ({"exclude_app_ids": "b*", "cluster": "cluster"}, {}, "a", True),
+    ({"app_id": ["web-*", "a"]}, {}, "a", True),
+    ({"app_id": "web-*"}, {}, "a", False),
+    ({"module": "mod*", "exclude": {"app_id": "a"}}, {}, "a", False),
+    ({"product": "Product"}, {}, "a", False),
+]
+
+
+def _policy_with(select: dict[str, Any]) -> Any:
+    from healer.policy.model import Policy
+
+    return Policy.model_validate(
+        {"name": "p", "select": select, "when": {"status": ["UNKNOWN"]}, "action": "restart"}
+    )
+
+
+class TestWindowsAndSilencesSelectLikePolicies:
+    @pytest.mark.parametrize(("select", "meta", "app_id", "expected"), SELECTIONS)
+    def test_a_window_and_a_silence_silence_exactly_the_apps_a_policy_selects(
+        self, select: dict[str, Any], meta: dict[str, Any], app_id: str, expected: bool
+    ) -> None:
+        from healer.policy.evaluate import selects
+
+        snap = app(healthy(5), ratio(5, 20), app_id=app_id, meta=meta)
+        window = MaintenanceWindow.model_validate(
+            {"start": "11:00", "end": "13:00", "select": select}
+        )
+        config = GuardConfig(max_in_flight=10, maintenance_windows=[window])
+        silence = Silence(select=Select.model_validate(select), start=NOW, end=NOW + timedelta(1))
+        p = prop("i0", app_id=app_id)
+
+        assert selects(_policy_with(select), snap.meta, app_id) is expected
+        by_window = only_reason(snap, p, config=config) is Reason.SILENCED
+        by_silence = only_reason(snap, p, ledger=LedgerView(silences=(silence,))) is Reason.SILENCED
+        assert (by_window, by_silence) == (expected, expected)
+
+    def test_the_old_app_ids_key_is_read_as_app_id(self) -> None:
+        window = MaintenanceWindow.model_validate(
+            {"start": "11:00", "end": "13:00", "select": {"app_ids": ["a*"], "app_id": "web-1"}}
+        )
+
+        assert window.select == Select(app_id=["web-1", "a*"])
+        assert window.select.matches("a-7", None)
+        assert not window.select.matches("b-7", None)
+
+    @pytest.mark.parametrize(
+        ("select", "key"),
+        [
+            ({"app_ids": []}, "app_ids"),
+            ({"product": []}, "product"),
+            ({"apps": ["a"]}, "apps"),
+            ({"exclude": {"app_ids": ["a"]}}, "app_ids"),
+        ],
+    )
+    def test_a_select_a_policy_would_refuse_is_an_error_naming_the_key(
+        self, select: dict[str, Any], key: str
+    ) -> None:
+        with pytest.raises(ValidationError) as info:
+            MaintenanceWindow.model_validate({"start": "11:00", "end": "13:00", "select": select})
+
+        assert key in str(info.value)

@@ -31,6 +31,7 @@ from healer.observe.http import build_http_app
 from healer.observe.logging import register_secret
 from healer.observe.metrics import HealerMetrics
 from healer.policy.loader import PolicyDirectory
+from healer.policy.model import Select
 from healer.store import Store
 
 log = structlog.get_logger("healer.daemon")
@@ -386,6 +387,32 @@ class Daemon:
         resumed = await self.store.resume_policy(name, who)
         return {"policy": name, "resumed": resumed}
 
+    async def add_silence(
+        self, select: Select, who: str, why: str, start: datetime, until: datetime, tz: str
+    ) -> dict[str, Any]:
+        assert self.store is not None
+        # Stored as the policy selector writes it; each sweep's guard matches it like a policy.
+        selector = select.model_dump(mode="json", exclude_none=True)
+        silence_id = await self.store.add_silence(selector, start, until, tz, who, why, at=start)
+        return {
+            "id": silence_id,
+            "select": selector,
+            "start": start.isoformat(),
+            "end": until.isoformat(),
+            "timezone": tz,
+            "who": who,
+            "why": why,
+        }
+
+    async def silences(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return [silence_json(r) for r in await self.store.active_silences(datetime.now(UTC))]
+
+    async def remove_silence(self, silence_id: int, who: str) -> dict[str, Any]:
+        assert self.store is not None
+        removed = await self.store.remove_silence(silence_id, who)
+        return {"id": silence_id, "removed": removed}
+
 
 def action_json(r: Any) -> dict[str, Any]:
     """An action record as JSON for the API and ``healer history``."""
@@ -402,6 +429,20 @@ def action_json(r: Any) -> dict[str, Any]:
         "detail": r.detail,
         "replica": r.replica,
         "arithmetic": r.arithmetic,
+    }
+
+
+def silence_json(r: Any) -> dict[str, Any]:
+    """A silence record as JSON for ``GET /v1/silences``."""
+    return {
+        "id": r.id,
+        "select": r.selector,
+        "start": r.start.isoformat(),
+        "end": r.end.isoformat(),
+        "timezone": r.tz,
+        "who": r.who,
+        "why": r.why,
+        "created_at": r.created_at.isoformat(),
     }
 
 

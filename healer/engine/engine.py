@@ -53,7 +53,7 @@ from healer.guard import (
     decide,
 )
 from healer.guard import Outcome as GuardOutcome
-from healer.guard.config import Selector
+from healer.guard.config import read_select
 from healer.guard.outcomes import Issued, flapped, unhealed_counter, verify
 from healer.model import PolicyRules, Proposal
 from healer.observe.metrics import HealerMetrics
@@ -726,8 +726,19 @@ def _decision_json(d: Decision) -> dict[str, Any]:
 
 
 def _silence(rec: Any) -> Silence:
+    """A stored silence for the guard; its selector is a policy selector, matched as one.
+
+    A stored selector that no longer reads as one (written by hand, or by another
+    version) silences every app until the silence ends: it was set to do less, and
+    healer cannot tell which apps it meant.
+    """
+    try:
+        select = read_select(rec.selector)
+    except ValueError as exc:
+        log.error("silence_unreadable", silence_id=rec.id, error=" ".join(str(exc).split())[:300])
+        select = read_select({})
     return Silence(
-        select=Selector.model_validate(rec.selector),
+        select=select,
         start=rec.start,
         end=rec.end,
         who=rec.who,

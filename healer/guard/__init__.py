@@ -7,7 +7,7 @@ view and the configuration; ``sweep_health`` judges the fleet brake;
 """
 
 from healer.guard.budget import Budget, compute_budget
-from healer.guard.config import GuardConfig, MaintenanceWindow, Selector
+from healer.guard.config import GuardConfig, MaintenanceWindow, read_select
 from healer.guard.decide import (
     Arithmetic,
     Decision,
@@ -27,6 +27,7 @@ from healer.guard.ledger import (
     Silence,
 )
 from healer.guard.reasons import PRECEDENCE, Reason
+from healer.policy.model import Select
 
 __all__ = [
     "PRECEDENCE",
@@ -44,10 +45,11 @@ __all__ = [
     "Outcome",
     "Pause",
     "Reason",
-    "Selector",
+    "Select",
     "Silence",
     "Verdict",
     "compute_budget",
     "decide",
+    "read_select",
     "sweep_health",
 ]

@@ -11,8 +11,13 @@ Decisions made where DESIGN.md is silent, each in favour of doing less:
   end earlier than the start wraps past midnight, optional ``days`` naming
   the weekdays a window *starts* on) or one-off (ISO date-times; naive ones
   are read in the window's time zone). Ends are exclusive; a window whose
-  start equals its end is a configuration error, and so is a one-off window
-  that ends before it starts.
+  start equals its end is a configuration error (reported on ``end``), and so
+  is a one-off window that ends before it starts.
+- A window's ``select`` is a policy's (``healer.policy.model.Select``, matched
+  by the same code): globs on product, module, cluster, service_level,
+  pass_type and app_id, ``exclude`` and ``exclude_app_ids``; a field the
+  app's meta lacks matches no glob. The old window key ``app_ids`` is still
+  read, as ``app_id``.
 - The API error rate only counts once a sweep made ``api_error_min_calls``
   calls: one failed call out of five says nothing about the fleet.
 - The fleet-wide cap on concurrent actions and the token bucket limit
@@ -22,30 +27,25 @@ Decisions made where DESIGN.md is silent, each in favour of doing less:
 
 from __future__ import annotations
 
-import fnmatch
+from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from healer.cloudpilot.models import Action, AppMeta
 from healer.policy.durations import Duration
+from healer.policy.model import Select
 from healer.snapshot import DEFAULT_HEALTHY_VALUES, HealthValues
-
-
-def _glob_list(value: Any) -> Any:
-    # A single value is a one-element list; numbers (service levels) become text.
-    if value is None:
-        return []
-    if isinstance(value, str | int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return value
-
-
-Globs = Annotated[list[str], BeforeValidator(_glob_list)]
 
 CapacityEffect = Literal["shrink", "extend", "none"]
 
@@ -56,43 +56,42 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Selector(Strict):
-    """Which apps: globs on the app's meta, as in a policy's ``select``.
+def legacy_select(value: Any) -> Any:
+    """Read a window's or a stored silence's ``select`` written before it was a policy selector.
 
-    An empty selector matches every app. Each listed field must match one of
-    its globs; ``exclude_app_ids`` removes apps again::
-
-        select: {product: [search], service_level: [1, 2], exclude_app_ids: ["pay-*"]}
+    Windows used to say ``app_ids``; it meant what ``app_id`` means (globs on
+    the app id), so it is read as ``app_id`` (joined to any ``app_id`` globs
+    given too) rather than breaking a configuration that worked. Everything
+    else is the policy selector's: an empty list, an unknown key or a missing
+    meta field mean there what they mean in a policy.
     """
+    if not isinstance(value, Mapping) or "app_ids" not in value:
+        return value
+    out = dict(value)
+    old = out.pop("app_ids")
+    old = old if isinstance(old, list) else [old] if old is not None else []
+    if not old:
+        raise ValueError("select.app_ids (read as app_id) needs at least one glob")
+    new = out.get("app_id")
+    if new is None:
+        out["app_id"] = old
+    elif isinstance(new, list):
+        out["app_id"] = [*new, *old]
+    else:
+        out["app_id"] = [new, *old]
+    return out
 
-    product: Globs = Field(default_factory=list)
-    module: Globs = Field(default_factory=list)
-    cluster: Globs = Field(default_factory=list)
-    service_level: Globs = Field(default_factory=list)
-    pass_type: Globs = Field(default_factory=list)
-    app_id: Globs = Field(default_factory=list)
-    app_ids: Globs = Field(default_factory=list)
-    exclude_app_ids: Globs = Field(default_factory=list)
 
-    def matches(self, app_id: str, meta: AppMeta | None) -> bool:
-        def one(value: Any, globs: list[str]) -> bool:
-            if not globs:
-                return True
-            text = "" if value is None else str(value)
-            return any(fnmatch.fnmatchcase(text, g) for g in globs)
+#: A window's ``select``: the policy selector, with the old ``app_ids`` read as ``app_id``.
+WindowSelect = Annotated[Select, BeforeValidator(legacy_select)]
 
-        if any(fnmatch.fnmatchcase(app_id, g) for g in self.exclude_app_ids):
-            return False
-        if not one(app_id, self.app_id + self.app_ids):
-            return False
-        m = meta or AppMeta()
-        return (
-            one(m.product, self.product)
-            and one(m.module, self.module)
-            and one(m.cluster, self.cluster)
-            and one(m.service_level, self.service_level)
-            and one(m.pass_type, self.pass_type)
-        )
+
+def read_select(raw: Any) -> Select:
+    """A stored silence's selector as a policy selector (old ``app_ids`` read as ``app_id``).
+
+    Raises ValueError (a pydantic ValidationError among them) when it is not one.
+    """
+    return Select.model_validate(legacy_select(raw))
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -100,6 +99,29 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def _daily_bounds(start: str, end: str) -> tuple[time, time] | None:
+    """``HH:MM`` bounds of a daily window, or None when they are not both times of day."""
+    try:
+        return time.fromisoformat(start), time.fromisoformat(end)
+    except ValueError:
+        return None
+
+
+def _once_bounds(name: str, start: str, end: str, zone_name: str) -> tuple[datetime, datetime]:
+    """Aware bounds of a one-off window; naive date-times are read in the window's zone."""
+    zone = _zone(zone_name)
+    try:
+        lo, hi = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    except ValueError as exc:
+        msg = f"window {name!r}: start and end must both be HH:MM or both date-times"
+        raise ValueError(msg) from exc
+    if lo.tzinfo is None:
+        lo = lo.replace(tzinfo=zone)
+    if hi.tzinfo is None:
+        hi = hi.replace(tzinfo=zone)
+    return lo, hi
 
 
 class MaintenanceWindow(Strict):
@@ -114,7 +136,7 @@ class MaintenanceWindow(Strict):
     """
 
     name: str = "maintenance"
-    select: Selector = Field(default_factory=Selector)
+    select: WindowSelect = Field(default_factory=Select)
     timezone: str = "UTC"
     start: str
     end: str
@@ -147,40 +169,42 @@ class MaintenanceWindow(Strict):
             raise ValueError(f"unknown weekday(s) {bad}; use {', '.join(WEEKDAYS)}")
         return out
 
-    @model_validator(mode="after")
-    def _sane(self) -> MaintenanceWindow:
-        daily = self._daily_bounds()
+    @field_validator("end")
+    @classmethod
+    def _lasts(cls, end: str, info: ValidationInfo) -> str:
+        # Checked on `end`, so that the error names the key to fix.
+        start = info.data.get("start")
+        if start is None:
+            return end  # `start` itself is wrong, and says so
+        name = info.data.get("name", "maintenance")
+        daily = _daily_bounds(start, end)
         if daily is not None:
             if daily[0] == daily[1]:
-                raise ValueError(f"window {self.name!r}: start equals end")
-            return self
-        start, end = self._once_bounds()
-        if start == end:
-            raise ValueError(f"window {self.name!r}: start equals end")
-        if end < start:
-            raise ValueError(f"window {self.name!r}: end before start")
-        if self.days is not None:
+                msg = (
+                    f"window {name!r}: end equals start ({start}); a daily window needs an end "
+                    "other than its start (an earlier end wraps past midnight)"
+                )
+                raise ValueError(msg)
+            return end
+        # An unknown zone is reported on `timezone`; compare in UTC meanwhile.
+        lo, hi = _once_bounds(name, start, end, info.data.get("timezone", "UTC"))
+        if lo == hi:
+            raise ValueError(f"window {name!r}: end equals start ({start}); the window is empty")
+        if hi < lo:
+            raise ValueError(f"window {name!r}: end ({end}) is before start ({start})")
+        return end
+
+    @model_validator(mode="after")
+    def _days_are_daily(self) -> MaintenanceWindow:
+        if self.days is not None and self._daily_bounds() is None:
             raise ValueError(f"window {self.name!r}: days apply to daily windows only")
         return self
 
     def _daily_bounds(self) -> tuple[time, time] | None:
-        try:
-            return time.fromisoformat(self.start), time.fromisoformat(self.end)
-        except ValueError:
-            return None
+        return _daily_bounds(self.start, self.end)
 
     def _once_bounds(self) -> tuple[datetime, datetime]:
-        zone = _zone(self.timezone)
-        try:
-            start, end = datetime.fromisoformat(self.start), datetime.fromisoformat(self.end)
-        except ValueError as exc:
-            msg = f"window {self.name!r}: start and end must both be HH:MM or both date-times"
-            raise ValueError(msg) from exc
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=zone)
-        if end.tzinfo is None:
-            end = end.replace(tzinfo=zone)
-        return start, end
+        return _once_bounds(self.name, self.start, self.end, self.timezone)
 
     def active(self, now: datetime) -> bool:
         """Whether ``now`` (aware) falls inside the window; the end is exclusive."""

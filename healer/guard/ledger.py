@@ -17,7 +17,7 @@ from enum import StrEnum
 from functools import cached_property
 
 from healer.cloudpilot.models import AppMeta
-from healer.guard.config import Selector
+from healer.policy.model import Select
 
 
 class Outcome(StrEnum):
@@ -73,9 +73,12 @@ class Pause:
 
 @dataclass(frozen=True)
 class Silence:
-    """A one-off silence set by a person: apps matching ``select`` from ``start`` to ``end``."""
+    """A one-off silence set by a person: apps matching ``select`` from ``start`` to ``end``.
 
-    select: Selector
+    ``select`` is a policy selector, matched by the same code as a policy's.
+    """
+
+    select: Select
     start: datetime
     end: datetime
     who: str = ""

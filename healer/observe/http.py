@@ -1,9 +1,10 @@
 """healer's one HTTP server: metrics, health, status, the ledger and the admin API.
 
 Reads (``/metrics``, ``/healthz``, ``/readyz``, ``/v1/status``,
-``/v1/actions``) are open, like any exporter's. Writes (``/v1/pause``,
-``/v1/resume``, ``/v1/policies/{name}/resume``) need the admin bearer token;
-without one configured they are switched off (403), never open.
+``/v1/actions``, ``GET /v1/silences``) are open, like any exporter's. Writes
+(``/v1/pause``, ``/v1/resume``, ``/v1/policies/{name}/resume``,
+``POST /v1/silences``, ``DELETE /v1/silences/{id}``) need the admin bearer
+token; without one configured they are switched off (403), never open.
 """
 
 from __future__ import annotations
@@ -12,15 +13,25 @@ import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from healer.policy.durations import DurationError, parse_duration
+from healer.policy.model import Select
 from healer.store import Outcome
 
 log = structlog.get_logger("healer.http")
@@ -47,39 +58,75 @@ class Backend(Protocol):
 
     async def resume_policy(self, name: str, who: str) -> dict[str, Any]: ...
 
+    async def add_silence(
+        self, select: Select, who: str, why: str, start: datetime, until: datetime, tz: str
+    ) -> dict[str, Any]: ...
+
+    async def silences(self) -> list[dict[str, Any]]: ...
+
+    async def remove_silence(self, silence_id: int, who: str) -> dict[str, Any]: ...
+
     def render_metrics(self) -> tuple[bytes, str]: ...
 
 
-class PauseRequest(BaseModel):
-    """Body of ``POST /v1/pause``: global when ``app_id`` is absent."""
+class WhoRequest(BaseModel):
+    """An admin write that only says who made it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    app_id: str | None = None
     who: str = Field(min_length=1, max_length=200)
+
+
+class ExpiringRequest(WhoRequest):
+    """An admin write that lasts a while: why, and ``for`` (``2h``) or ``until`` (ISO time)."""
+
     why: str = Field(min_length=1, max_length=2000)
     duration: str | None = Field(default=None, alias="for")
     until: datetime | None = None
 
     @model_validator(mode="after")
-    def _one_expiry(self) -> PauseRequest:
+    def _one_expiry(self) -> ExpiringRequest:
         if (self.duration is None) == (self.until is None):
             raise ValueError("give exactly one of 'for' (e.g. 2h) and 'until' (an ISO time)")
         return self
 
-    def expiry(self, now: datetime) -> datetime:
+    def expiry(self, now: datetime, zone: ZoneInfo | None = None) -> datetime:
+        """When it ends; a naive ``until`` is read in ``zone`` (UTC by default)."""
         if self.until is not None:
-            until = self.until if self.until.tzinfo else self.until.replace(tzinfo=UTC)
+            until = self.until if self.until.tzinfo else self.until.replace(tzinfo=zone or UTC)
             return until
         assert self.duration is not None
         return now + parse_duration(self.duration)
 
 
-class ResumeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PauseRequest(ExpiringRequest):
+    """Body of ``POST /v1/pause``: global when ``app_id`` is absent."""
 
     app_id: str | None = None
-    who: str = Field(min_length=1, max_length=200)
+
+
+class ResumeRequest(WhoRequest):
+    app_id: str | None = None
+
+
+class SilenceRequest(ExpiringRequest):
+    """Body of ``POST /v1/silences``: the apps a policy with this ``select`` would apply to.
+
+    ``select`` is required (``{}`` silences every app); a naive ``until`` is
+    read in ``timezone``.
+    """
+
+    select: Select
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
 
 
 MAX_PAUSE = timedelta(days=7)
@@ -171,20 +218,29 @@ def build_http_app(
         filters["limit"] = min(limit, 5000)
         return JSONResponse({"actions": await backend.actions(**filters)})
 
+    def expiry(
+        body: ExpiringRequest, start: datetime, zone: ZoneInfo | None = None
+    ) -> datetime | Response:
+        """When a pause or silence ends, or the 422 refusing it."""
+        field = "for" if body.duration is not None else "until"
+        try:
+            until = body.expiry(start, zone)
+        except DurationError as exc:
+            return _error(422, "invalid body", fields=[{"field": "for", "error": str(exc)}])
+        if until <= start:
+            return _error(422, "invalid body", fields=[{"field": "until", "error": "in the past"}])
+        if until - start > MAX_PAUSE:
+            # A forgotten pause or silence quietly turns healing off; make people renew long ones.
+            return _error(422, "invalid body", fields=[{"field": field, "error": "at most 7d"}])
+        return until
+
     async def pause(request: Request) -> Response:
         body = await admin_body(request, PauseRequest)
         if isinstance(body, Response):
             return body
-        field = "for" if body.duration is not None else "until"
-        try:
-            until = body.expiry(now())
-        except DurationError as exc:
-            return _error(422, "invalid body", fields=[{"field": "for", "error": str(exc)}])
-        if until <= now():
-            return _error(422, "invalid body", fields=[{"field": "until", "error": "in the past"}])
-        if until - now() > MAX_PAUSE:
-            # A forgotten pause silently turns healing off; make people renew long ones.
-            return _error(422, "invalid body", fields=[{"field": field, "error": "at most 7d"}])
+        until = expiry(body, now())
+        if isinstance(until, Response):
+            return until
         result = await backend.pause(body.app_id, body.who, body.why, until)
         log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
         return JSONResponse(result)
@@ -209,6 +265,34 @@ def build_http_app(
         log.info("policy_resumed", policy=name, who=body.who)
         return JSONResponse(result)
 
+    async def add_silence(request: Request) -> Response:
+        body = await admin_body(request, SilenceRequest)
+        if isinstance(body, Response):
+            return body
+        start = now()
+        until = expiry(body, start, ZoneInfo(body.timezone))
+        if isinstance(until, Response):
+            return until
+        # Logged by the store as `silence_added`, with the selector.
+        result = await backend.add_silence(
+            body.select, body.who, body.why, start, until, body.timezone
+        )
+        return JSONResponse(result)
+
+    async def list_silences(request: Request) -> Response:
+        return JSONResponse({"silences": await backend.silences()})
+
+    async def remove_silence(request: Request) -> Response:
+        body = await admin_body(request, WhoRequest)
+        if isinstance(body, Response):
+            return body
+        silence_id = request.path_params["silence_id"]
+        # Logged by the store as `silence_removed`.
+        result = await backend.remove_silence(silence_id, body.who)
+        if not result.get("removed"):
+            return _error(404, f"silence {silence_id} is not in force")
+        return JSONResponse(result)
+
     routes: list[Route] = [
         Route("/metrics", metrics),
         Route("/healthz", healthz),
@@ -218,6 +302,9 @@ def build_http_app(
         Route("/v1/pause", pause, methods=["POST"]),
         Route("/v1/resume", resume, methods=["POST"]),
         Route("/v1/policies/{name}/resume", resume_policy, methods=["POST"]),
+        Route("/v1/silences", add_silence, methods=["POST"]),
+        Route("/v1/silences", list_silences, methods=["GET"]),
+        Route("/v1/silences/{silence_id:int}", remove_silence, methods=["DELETE"]),
     ]
     return Starlette(routes=routes)
 

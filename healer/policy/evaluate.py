@@ -22,9 +22,7 @@ the memory stays as small as the set of faults.
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -237,29 +235,9 @@ class _Compiled:
     #: the memory key: all conditions, joined
     key: str
     hold_for: timedelta
-    #: field → one pattern for all its globs; an app must match every one
-    wanted: tuple[tuple[str, re.Pattern[str]], ...]
-    #: field → one pattern for all its globs; an app matching any is excluded
-    unwanted: tuple[tuple[str, re.Pattern[str]], ...]
 
     def selects(self, meta: AppMeta | None, app_id: str) -> bool:
-        for name, pattern in self.wanted:
-            value = _meta_value(meta, name, app_id)
-            if value is None or not pattern.match(value):
-                return False
-        for name, pattern in self.unwanted:
-            value = _meta_value(meta, name, app_id)
-            if value is not None and pattern.match(value):
-                return False
-        return True
-
-
-def _globs(fields: dict[str, list[str]]) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    """Each field's globs as one anchored pattern (fnmatch's case-sensitive translation)."""
-    return tuple(
-        (name, re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)))
-        for name, globs in fields.items()
-    )
+        return self.policy.select.matches(app_id, meta)
 
 
 def _compile(policy: Policy) -> _Compiled:
@@ -282,19 +260,7 @@ def _compile(policy: Policy) -> _Compiled:
     tests = tuple(test for _, test in conditions[1:]) + tuple(test for _, test in conditions[:1])
     if when.status is None:
         tests = tuple(test for _, test in conditions)
-    select = policy.select
-    unwanted = dict(select.exclude.fields()) if select.exclude else {}
-    if select.exclude_app_ids:
-        unwanted["app_id"] = [*unwanted.get("app_id", []), *select.exclude_app_ids]
-    return _Compiled(
-        policy,
-        shown,
-        tests,
-        " and ".join(shown),
-        when.for_,
-        wanted=_globs(select.fields()),
-        unwanted=_globs(unwanted),
-    )
+    return _Compiled(policy, shown, tests, " and ".join(shown), when.for_)
 
 
 # Policies are immutable; compiled forms are kept per object while it lives.
@@ -315,23 +281,15 @@ def _compiled(policy: Policy) -> _Compiled:
 # --- selection ----------------------------------------------------------------------------------
 
 
-def _meta_value(meta: AppMeta | None, name: str, app_id: str) -> str | None:
-    if name == "app_id":
-        return app_id
-    value = getattr(meta, name, None) if meta is not None else None
-    if value is None or isinstance(value, bool):
-        return None
-    return str(value).strip() or None
-
-
 def selects(policy: Policy, meta: AppMeta | None, app_id: str) -> bool:
     """Whether the policy applies to the app: every ``select`` field matches, no exclusion does.
 
     Globs are shell-style and case-sensitive (``web-*``, ``[12]``). A field the
     app's meta lacks matches no glob: the app is not selected by it, and not
-    excluded by it either.
+    excluded by it either. Maintenance windows and silences match through the
+    same ``Select.matches``.
     """
-    return _compiled(policy).selects(meta, app_id)
+    return policy.select.matches(app_id, meta)
 
 
 # --- evaluation ---------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -44,7 +46,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from healer.cloudpilot.models import KNOWN_STATES, Action, normalize_state
+from healer.cloudpilot.models import KNOWN_STATES, Action, AppMeta, normalize_state
 from healer.model import PolicyRules
 from healer.policy.durations import Duration, format_duration
 
@@ -337,15 +339,79 @@ class Selector(Strict):
         }
 
 
+FieldPatterns = tuple[tuple[str, re.Pattern[str]], ...]
+
+
+def _patterns(fields: dict[str, list[str]]) -> FieldPatterns:
+    """Each field's globs as one anchored pattern (fnmatch's case-sensitive translation)."""
+    return tuple(
+        (name, re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)))
+        for name, globs in fields.items()
+    )
+
+
+def _app_value(meta: AppMeta | None, name: str, app_id: str) -> str | None:
+    """The text a selector field compares: the app id, or a meta field (None when absent)."""
+    if name == "app_id":
+        return app_id
+    value = getattr(meta, name, None) if meta is not None else None
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value).strip() or None
+
+
+@dataclass(frozen=True, slots=True)
+class AppMatcher:
+    """A ``Select`` compiled: an app must match every ``wanted`` field and no ``unwanted`` one.
+
+    A field the app's meta lacks (missing, null, empty) matches no glob: the
+    app is not selected by it, and not excluded by it either.
+    """
+
+    #: field → one pattern for all its globs; an app must match every one
+    wanted: FieldPatterns
+    #: field → one pattern for all its globs; an app matching any is excluded
+    unwanted: FieldPatterns
+
+    def __call__(self, app_id: str, meta: AppMeta | None) -> bool:
+        for name, pattern in self.wanted:
+            value = _app_value(meta, name, app_id)
+            if value is None or not pattern.match(value):
+                return False
+        for name, pattern in self.unwanted:
+            value = _app_value(meta, name, app_id)
+            if value is not None and pattern.match(value):
+                return False
+        return True
+
+
 class Select(Selector):
-    """Which apps a policy applies to: all when empty.
+    """Which apps a policy, a maintenance window or a silence applies to: all when empty.
 
     ``exclude`` removes apps matching any of its fields; ``exclude_app_ids``
     is short for ``exclude: {app_id: [...]}``.
     """
 
+    # The one selector of healer (this docstring is the schema's description, so
+    # the note lives here): policies, maintenance windows and silences all match
+    # apps through `matches`.
+
     exclude: Selector | None = None
     exclude_app_ids: Globs | None = None
+
+    @cached_property
+    def matcher(self) -> AppMatcher:
+        unwanted = dict(self.exclude.fields()) if self.exclude else {}
+        if self.exclude_app_ids:
+            unwanted["app_id"] = [*unwanted.get("app_id", []), *self.exclude_app_ids]
+        return AppMatcher(wanted=_patterns(self.fields()), unwanted=_patterns(unwanted))
+
+    def matches(self, app_id: str, meta: AppMeta | None) -> bool:
+        """Whether the app is selected: every field given matches, no exclusion does.
+
+        Globs are shell-style and case-sensitive (``web-*``, ``[12]``).
+        """
+        return self.matcher(app_id, meta)
 
 
 # --- what to do ---------------------------------------------------------------------------------

@@ -733,7 +733,13 @@ class Simulator:
             return
         # TODO: when runs with different healers must hit the same instances, pick by index:
         # choosing among live, idle instances lets a healer's actions shift later targets.
-        live = [i for i in app.instances.values() if i.op is None and i.state != "DESTORY"]
+        # A random fault is a single-instance fault: an instance already faulted (and not yet
+        # healthy again) is not hit a second time, so every scheduled fault can be healed.
+        live = [
+            i
+            for i in app.instances.values()
+            if i.op is None and i.state != "DESTORY" and not i.faulted
+        ]
         if not live:
             return
         inst = live[int(u_inst * len(live))]
