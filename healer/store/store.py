@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy import (
     URL,
     ColumnElement,
@@ -48,6 +51,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from healer.policy.model import Select
 from healer.store import schema
 from healer.store.errors import InvalidTransition, StoreConfigError, UnknownAction
 from healer.store.migrations import migrate
@@ -110,10 +114,30 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     busy_ms = int(SQLITE_BUSY_TIMEOUT.total_seconds() * 1000)
-    # WAL: readers never block the writer. FULL: an `issued` row survives power loss too.
-    for pragma in (f"busy_timeout={busy_ms}", "journal_mode=WAL", "synchronous=FULL"):
+    # FULL: an `issued` row survives power loss too.
+    for pragma in (f"busy_timeout={busy_ms}", "synchronous=FULL"):
         cursor.execute(f"PRAGMA {pragma}")
+    _sqlite_use_wal(cursor)
     cursor.close()
+
+
+def _sqlite_use_wal(cursor: Any) -> None:
+    """Switch the database file to WAL (readers never block the writer), waiting out others.
+
+    The mode is kept in the file, so this is a no-op after the first connection.
+    Switching needs the file to itself, and SQLite answers "database is locked" at
+    once rather than through the busy timeout when another connection holds it
+    (several replicas opening a new store together): retry until the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT.total_seconds()
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -677,11 +701,20 @@ class Store:
     ) -> int:
         """Silence apps matching ``selector`` from ``start`` to ``end``; return its id.
 
-        ``selector`` is stored as given (the engine matches it); ``tz`` is the
-        IANA zone the window was written in, kept for display.
+        ``selector`` is a policy's ``select`` (``healer.policy.model.Select``),
+        refused with ValueError when it is not one, and stored as given; the
+        engine matches it with the policies' code. ``tz`` is the IANA zone the
+        window was written in, kept for display.
         """
         for value, name in ((start, "start"), (end, "end"), (at, "at")):
             _require_aware(value, name)
+        try:
+            Select.model_validate(selector)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            msg = f"selector{'.' + where if where else ''}: {first['msg']}"
+            raise ValueError(msg) from None
         if end <= start:
             msg = f"a silence must end after it starts: {start.isoformat()} to {end.isoformat()}"
             raise ValueError(msg)
@@ -706,7 +739,16 @@ class Store:
             silence_id = int(
                 (await conn.execute(insert(t).values(values).returning(t.c.id))).scalar_one()
             )
-        log.info("silence_added", silence_id=silence_id, who=who, why=why, start=start, end=end)
+        log.info(
+            "silence_added",
+            silence_id=silence_id,
+            select=dict(selector),
+            who=who,
+            why=why,
+            start=start,
+            end=end,
+            tz=tz,
+        )
         return silence_id
 
     async def remove_silence(
