@@ -44,6 +44,46 @@ def test_the_same_seed_schedules_the_same_faults() -> None:
     assert _fleet_view(sims[0]) == _fleet_view(sims[1])
 
 
+def _faulted(sim: Simulator) -> set[str]:
+    return {i for a in sim.apps.values() for i, inst in a.instances.items() if inst.faulted}
+
+
+def _busy(sim: Simulator) -> set[str]:
+    return {i for a in sim.apps.values() for i, inst in a.instances.items() if inst.op}
+
+
+def test_a_healers_actions_do_not_move_the_later_faults_of_a_seed() -> None:
+    # Two runs of one seed; in the second, a healer restarts a third of every app at the
+    # start. A fault may only differ between the runs where its target was busy or faulted
+    # already in one of them (it is skipped there); every other fault hits the same instance
+    # at the same moment in both.
+    quiet, acted = (
+        Simulator.generate(apps=6, seed=9, fault_rate=4.0, clock=ManualClock()) for _ in range(2)
+    )
+    for app_id in acted.app_ids:
+        ids = sorted(acted.apps[app_id].instances)
+        acted.act("restart", app_id, ids[::3])
+
+    seen_quiet, seen_acted = _faulted(quiet), _faulted(acted)
+    drawn_in_both = 0
+    for _ in range(120):
+        busy_acted = _busy(acted)
+        quiet.advance(1)
+        acted.advance(1)
+        now_quiet, now_acted = _faulted(quiet), _faulted(acted)
+        new_quiet, new_acted = now_quiet - seen_quiet, now_acted - seen_acted
+
+        assert new_acted <= new_quiet | seen_quiet
+        assert new_quiet <= new_acted | seen_acted | busy_acted
+        drawn_in_both += len(new_quiet & new_acted)
+        seen_quiet, seen_acted = now_quiet, now_acted
+
+    skipped = [s.report()["faults_skipped"]["total"] for s in (quiet, acted)]
+    injected = [s.report()["faults_injected"]["total"] for s in (quiet, acted)]
+    assert injected[0] + skipped[0] == injected[1] + skipped[1]
+    assert drawn_in_both >= 10
+
+
 def test_no_fault_is_scheduled_at_rate_zero() -> None:
     sim = Simulator.generate(apps=20, seed=5, fault_rate=0.0, clock=ManualClock())
 

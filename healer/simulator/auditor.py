@@ -7,6 +7,7 @@ outcome: asking to restart a frozen instance is unsafe even if CloudPilot
 refuses it. Each entry carries the arithmetic that makes it unsafe.
 
 The report's keys are stable: ``faults_injected`` (``total``, ``by_kind``),
+``faults_skipped`` (scheduled faults whose target was busy or faulted already),
 ``actions`` (action → outcome → count), ``actions_by_replica``,
 ``instances_healed``, ``unsafe_actions`` (a list) and ``unsafe_count``.
 
@@ -74,6 +75,7 @@ class Auditor:
 
     def __init__(self) -> None:
         self.faults_by_kind: Counter[str] = Counter()
+        self.faults_skipped: Counter[str] = Counter()
         self.instances_faulted = 0
         self.actions: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.by_replica: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -86,6 +88,10 @@ class Auditor:
     def fault(self, kind: str, instances: int) -> None:
         self.faults_by_kind[kind] += 1
         self.instances_faulted += instances
+
+    def fault_skipped(self, kind: str) -> None:
+        """A scheduled fault whose target was busy or faulted already: not injected."""
+        self.faults_skipped[kind] += 1
 
     def action(self, action: str, outcome: str, replica: str | None) -> None:
         self.actions[action][outcome] += 1
@@ -105,6 +111,10 @@ class Auditor:
                 "total": sum(self.faults_by_kind.values()),
                 "by_kind": dict(sorted(self.faults_by_kind.items())),
                 "instances": self.instances_faulted,
+            },
+            "faults_skipped": {
+                "total": sum(self.faults_skipped.values()),
+                "by_kind": dict(sorted(self.faults_skipped.items())),
             },
             "actions": {a: dict(sorted(c.items())) for a, c in sorted(self.actions.items())},
             "actions_by_replica": {

@@ -731,18 +731,18 @@ class Simulator:
         if kind == "cluster_outage":
             self._cluster_outage(app.cluster)
             return
-        # TODO: when runs with different healers must hit the same instances, pick by index:
-        # choosing among live, idle instances lets a healer's actions shift later targets.
-        # A random fault is a single-instance fault: an instance already faulted (and not yet
-        # healthy again) is not hit a second time, so every scheduled fault can be healed.
-        live = [
-            i
-            for i in app.instances.values()
-            if i.op is None and i.state != "DESTORY" and not i.faulted
-        ]
-        if not live:
+        # The target is picked by position among the app's instances, whatever their state,
+        # so that two healers run on one seed face the same faults. A random fault is a
+        # single-instance fault: a target that is busy (an operation running, being deleted)
+        # or faulted already is left alone and the fault counted as skipped, so every
+        # injected fault can be healed.
+        ids = sorted(app.instances)
+        if not ids:
             return
-        inst = live[int(u_inst * len(live))]
+        inst = app.instances[ids[int(u_inst * len(ids))]]
+        if inst.op is not None or inst.state == "DESTORY" or inst.faulted:
+            self.auditor.fault_skipped(kind)
+            return
         self._fault_instance(
             app, inst, kind, by_address=u_addr < self.settings.addr_only_event_ratio
         )
