@@ -131,6 +131,12 @@ class TestBudgetArithmetic:
     def test_floor_above_the_ratio_wins(self) -> None:
         assert budget_of(ratio(10, 50, replica_that_at_least_need_to_keep=8)) == (10, 8, True)
 
+    def test_a_replica_of_zero_with_instances_present_is_no_budget_at_all(self) -> None:
+        # Read literally, R = 0 requires nothing and every serving instance could go.
+        assert budget_of(ratio(0, 80), total=4) == (4, 4, False)
+        assert budget_of({"replica": 0, "minUsable": 0}, total=3) == (3, 3, False)
+        assert budget_of(ratio(0, 80), total=0) == (0, 0, True)
+
     def test_floor_above_r_is_kept(self) -> None:
         assert budget_of(ratio(3, 50, replica_that_at_least_need_to_keep=5)) == (3, 5, True)
 
@@ -932,3 +938,119 @@ class TestWindowsAndSilencesSelectLikePolicies:
             MaintenanceWindow.model_validate({"start": "11:00", "end": "13:00", "select": select})
 
         assert key in str(info.value)
+
+
+# --- precedence, every pair at once ---------------------------------------------------------------
+
+
+#: One way to make each reason apply to proposal ``i0`` of app ``a`` (five healthy instances,
+#: ratio 20, a restart by policy ``p``): the keys it sets, by part of the scene. Each reason's
+#: recipe alone is checked to give that reason; then every pair of recipes is applied together
+#: and the reason earlier in DESIGN's order must win.
+RECIPES: dict[Reason, dict[str, dict[str, Any]]] = {
+    Reason.NOT_LEADER: {"ledger": {"leader": False}},
+    Reason.PAUSED: {"ledger": {"pauses": (Pause(who="ann", why="incident"),)}},
+    Reason.SILENCED: {
+        "ledger": {"silences": (Silence(select=Select(), start=NOW, end=NOW + timedelta(1)),)}
+    },
+    Reason.STALE_SNAPSHOT: {"failed": {"calls": ("instance_info",)}},
+    Reason.FLEET_BRAKE: {"ledger": {"fleet_brake": BrakeState(engaged=True)}},
+    Reason.BUDGET_UNKNOWN: {"budget": {"type": "NoSuchBudget"}},
+    Reason.ROLLOUT: {"instances": {"i5": {"status": "DEPLOYING"}}},
+    Reason.SHORT_CIRCUIT: {
+        "instances": {"i1": {"status": "UNKNOWN"}, "i2": {"status": "UNKNOWN"}, "i3": {}},
+        "rules": {"max_unhealthy": Decimal("0.2")},
+    },
+    Reason.FROZEN: {"i0": {"frozen": True}},
+    Reason.DISABLED: {"i0": {"disabled": True}},
+    Reason.UNDER_REPAIR: {"i0": {"under_repair": True}},
+    Reason.MIGRATING: {"i0": {"migrating": True}},
+    Reason.IN_FLIGHT: {
+        "ledger": {
+            "in_flight": (InFlight("a", "i0", "restart", "q", NOW, NOW + timedelta(hours=1)),)
+        }
+    },
+    Reason.SHRINK_MASK: {"meta": {"shrink_mask": True}, "config": {"restart": "shrink"}},
+    Reason.EXTEND_MASK: {"meta": {"extend_mask": True}, "config": {"restart": "extend"}},
+    Reason.POLICY_SUSPENDED: {"ledger": {"suspended_policies": frozenset({"p"})}},
+    Reason.COOLDOWN: {
+        "ledger": {
+            "attempts": (
+                Attempt("a", "i0", "q", "restart", NOW - timedelta(minutes=5), Outcome.HEALED),
+            )
+        },
+        "rules": {"instance_cooldown": timedelta(hours=1)},
+    },
+    Reason.RATE_LIMIT: {"rules": {"per_cycle": 0}},
+    Reason.MAX_IN_FLIGHT: {"rules": {"max_in_flight": 0}},
+    Reason.BUDGET: {"budget": {"value": 100}},
+}
+
+
+def _merge(*recipes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """The recipes applied together, or None when two set the same key differently."""
+    merged: dict[str, dict[str, Any]] = {}
+    for recipe in recipes:
+        for part, keys in recipe.items():
+            into = merged.setdefault(part, {})
+            for key, value in keys.items():
+                if key in into and into[key] != value:
+                    return None
+                into[key] = value
+    return merged
+
+
+def _judge_scene(scene: dict[str, dict[str, Any]]) -> Reason | None:
+    instances: dict[str, dict[str, Any]] = {**healthy(5), **scene.get("instances", {})}
+    instances["i0"] = {**instances["i0"], **scene.get("i0", {})}
+    budget = {"type": "MinAvailableRatio", "value": 20, **scene.get("budget", {})}
+    meta = {"shrink_mask": False, "extend_mask": False, **scene.get("meta", {})}
+    snap = app(
+        instances,
+        {"instanceControlBudget": budget, "replica": 5},
+        failed=scene.get("failed", {}).get("calls", ()),
+        meta=meta,
+    )
+    config = GuardConfig(max_in_flight=10, capacity_effects=scene.get("config", {}))
+    ledger = LedgerView(**scene.get("ledger", {}))
+
+    return only_reason(snap, prop("i0", **scene.get("rules", {})), ledger=ledger, config=config)
+
+
+class TestEveryPairOfReasons:
+    @pytest.mark.parametrize("reason", list(RECIPES), ids=lambda r: r.value)
+    def test_each_recipe_alone_gives_its_reason(self, reason: Reason) -> None:
+        assert _judge_scene(RECIPES[reason]) is reason
+
+    def test_the_healthy_scene_is_approved(self) -> None:
+        assert _judge_scene({}) is None
+
+    def test_every_reason_has_a_recipe(self) -> None:
+        assert set(RECIPES) == set(Reason)
+
+    @pytest.mark.parametrize(
+        ("first", "second"),
+        [
+            (a, b)
+            for k, a in enumerate(PRECEDENCE)
+            for b in PRECEDENCE[k + 1 :]
+            if _merge(RECIPES[a], RECIPES[b]) is not None
+        ],
+        ids=lambda r: r.value,
+    )
+    def test_the_earlier_reason_wins_when_both_apply(self, first: Reason, second: Reason) -> None:
+        scene = _merge(RECIPES[first], RECIPES[second])
+        assert scene is not None
+
+        assert _judge_scene(scene) is first
+
+    def test_only_pairs_that_cannot_be_built_together_are_left_out(self) -> None:
+        clashing = {
+            (a.value, b.value)
+            for k, a in enumerate(PRECEDENCE)
+            for b in PRECEDENCE[k + 1 :]
+            if _merge(RECIPES[a], RECIPES[b]) is None
+        }
+
+        # An action shrinks or extends capacity, never both.
+        assert clashing == {("shrink_mask", "extend_mask")}

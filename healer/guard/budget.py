@@ -15,6 +15,9 @@ Decisions made where DESIGN.md is silent, each in favour of doing less:
   type healer does not know. ``null`` means absent.
 - A floor above ``R`` is kept as it is: ``required`` may exceed ``R``, and
   then nothing disruptive is possible.
+- ``replica`` 0 while ``total_num`` counts instances is a contradiction, not
+  a budget of zero (which would let every serving instance be disrupted):
+  the budget is unknown.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def compute_budget(
             return _unknown(fallback or 0, f"replica {info.replica!r} is not a count")
     if R is None:
         return _unknown(0, "neither replica nor total_num is known")
+    if R == 0 and fallback:
+        return _unknown(fallback, f"replica is 0 but total_num is {fallback}")
     if info is None:
         return _unknown(R, "min_usable_info is missing")
 
