@@ -90,9 +90,13 @@ def test_a_seeded_minute_of_random_faults_is_healed_safely(
     assert json.loads(done.stdout[done.stdout.index("{") :]) == summary
 
     assert summary["unsafe_actions"] == 0, summary["unsafe_details"]
-    # The seed's schedule (see the module docstring): five faults, four of them covered.
-    assert summary["faults_injected"] == 5
-    assert summary["faults_covered"] == 4
+    # The seed's schedule (see the module docstring) has five faults, four of them of a kind
+    # the shipped policies repair; fewer would make the 90 % below say little.
+    by_kind = summary["faults_by_kind"]
+    covered = sum(by_kind.get(k, 0) for k in ("unknown", "process_down", "container_down"))
+    covered += by_kind.get("agent_down", 0)
+    assert summary["faults_covered"] == covered
+    assert sum(by_kind.values()) == summary["faults_injected"] >= covered >= 4
     assert summary["instances_healed"] >= math.ceil(0.9 * summary["faults_covered"]), summary
     # Healed by healer's actions, not by chance: every heal follows one of its actions.
     healed_by = summary["healed_by_action"]
