@@ -10,7 +10,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from healer.cli import main
-from healer.policy.loader import load_directory
+from healer.policy.loader import load_directory, load_text
 from healer.policy.schema import policy_schema
 
 ROOT = Path(__file__).parent.parent
@@ -91,6 +91,28 @@ class TestSchema:
         paths = sorted(tuple(e.absolute_path) for e in validator.iter_errors(document))
 
         assert paths == [(), ("when", "for")]
+
+    @pytest.mark.parametrize(
+        ("state", "valid"),
+        [
+            ("UNKNOWN", True),
+            ("unknown", True),
+            (" Running ", True),
+            ("destroy", True),
+            ("DESTORY", True),
+            ("!RUNNING", False),
+            ("UNKNOWNX", False),
+            ("", False),
+        ],
+    )
+    def test_the_schema_and_the_loader_agree_on_state_names(self, state: str, valid: bool) -> None:
+        # An editor must not mark red what `healer validate` accepts, nor the reverse.
+        validator = jsonschema.Draft202012Validator(policy_schema())
+        document = {"name": "p", "when": {"status": {"not": [state]}}, "action": "restart"}
+        text = f"name: p\nwhen: {{status: {{not: [{state!r}]}}}}\naction: restart\n"
+
+        assert validator.is_valid(document) is valid
+        assert load_text(text, "p.yaml").ok is valid
 
 
 class TestShippedPolicies:

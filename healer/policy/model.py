@@ -161,6 +161,26 @@ class NotValues(Strict):
     not_: list[FieldValue] = Field(alias="not", min_length=1)
 
 
+def _any_case(word: str) -> str:
+    """A pattern matching ``word`` in any case (JSON Schema patterns have no ``(?i)``)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+#: A state as the loader reads it: the names in capitals for editors to offer, and any
+#: case, with spaces around, as ``_check_state`` accepts.
+_STATE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": [*KNOWN_STATES, "DESTROY"]},
+        {
+            "type": "string",
+            "pattern": r"^\s*(?:"
+            + "|".join(_any_case(s) for s in (*KNOWN_STATES, "DESTROY"))
+            + r")\s*$",
+        },
+    ]
+}
+
+
 def _match_schema(item: dict[str, Any]) -> dict[str, Any]:
     many = {"type": "array", "items": item, "minItems": 1}
     return {
@@ -182,9 +202,7 @@ StateMatch = Annotated[
     | Annotated[NotStates, Tag("[not]")],
     Discriminator(_match_form),
     BeforeValidator(_one_or_many),
-    WithJsonSchema(
-        _match_schema({"type": "string", "enum": [*KNOWN_STATES, "DESTROY"]}),
-    ),
+    WithJsonSchema(_match_schema(_STATE_SCHEMA)),
 ]
 
 ValueMatch = Annotated[
