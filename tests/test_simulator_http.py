@@ -418,6 +418,43 @@ async def test_a_fault_with_an_unknown_kind_or_target_is_refused(
     assert (bad_kind.status_code, bad_app.status_code) == (400, 400)
 
 
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"kind": "unknown", "app_id": "api-1", "instance_ids": "api-1.0"}, "instance_ids"),
+        ({"kind": "unknown", "app_id": "api-1", "instance_ids": []}, "instance_ids"),
+        ({"kind": "unknown", "app_id": "api-1", "instance": "api-1.0"}, "instance"),
+        ({"kind": "unknown", "app_id": "api-1", "by_address": "yes"}, "by_address"),
+        ({"app_id": "api-1"}, "kind"),
+        (["unknown"], "body"),
+    ],
+)
+async def test_a_malformed_fault_body_is_a_400_naming_the_field_and_hits_nothing(
+    served: tuple[Simulator, httpx.AsyncClient], body: object, names: str
+) -> None:
+    sim, http = served
+
+    r = await http.post("/sim/faults", json=body)
+
+    assert r.status_code == 400
+    assert r.json()["message"].startswith(names)
+    assert sim.report()["faults_injected"]["total"] == 0
+
+
+async def test_a_fault_naming_one_missing_instance_among_several_hits_none_of_them(
+    served: tuple[Simulator, httpx.AsyncClient],
+) -> None:
+    sim, http = served
+    body = {"kind": "unknown", "app_id": "api-1", "instance_ids": ["api-1.0", "api-1.9"]}
+
+    r = await http.post("/sim/faults", json=body)
+
+    assert r.status_code == 400
+    assert "api-1.9" in r.json()["message"]
+    assert sim.state_of("api-1", "api-1.0") == "RUNNING"
+    assert sim.report()["faults_injected"]["total"] == 0
+
+
 # ------------------------------------------------------------------- sync serving
 
 

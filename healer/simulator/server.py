@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 import uvicorn
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -271,6 +271,26 @@ def _action_refuser(sim: Simulator, action: str) -> Refuser:
     return refuse
 
 
+class FaultRequest(BaseModel):
+    """Body of ``POST /sim/faults``: a fault kind and its target."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kind: str
+    app_id: str | None = None
+    instance_id: str | None = None
+    instance_ids: list[str] | None = Field(default=None, min_length=1)
+    cluster: str | None = None
+    by_address: bool = False
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The first validation error as ``field: message`` (``body`` for the whole body)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
 def _control_routes(sim: Simulator) -> list[Route]:
     async def apps(request: Request) -> Response:
         return _json({"app_ids": sim.app_ids})
@@ -285,26 +305,31 @@ def _control_routes(sim: Simulator) -> list[Route]:
 
     async def faults(request: Request) -> Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return _json({"message": "body is not JSON"}, 400)
-        if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
-            return _json({"message": "body must be an object naming a fault kind"}, 400)
-        targets = body.get("instance_ids") or [body.get("instance_id")]
+            body = FaultRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _json({"message": _first_error(exc)}, 400)
+        targets: list[str | None] = list(body.instance_ids or [body.instance_id])
         hit: list[tuple[str, str]] = []
-        try:
-            for iid in targets:
-                hit += sim.inject_fault(
-                    body["kind"],
-                    body.get("app_id"),
-                    iid,
-                    cluster=body.get("cluster"),
-                    by_address=bool(body.get("by_address", False)),
-                )
-        except FaultError as exc:
-            return _json({"message": str(exc)}, 400)
+        with sim.lock:
+            try:
+                # Every named instance is checked before any is hit: a 400 changes nothing.
+                if body.app_id is not None and body.instance_ids:
+                    app = sim.apps.get(body.app_id)
+                    missing = [i for i in body.instance_ids if app and i not in app.instances]
+                    if missing:
+                        raise FaultError(f"app {body.app_id!r} has no instance {missing[0]!r}")
+                for iid in targets:
+                    hit += sim.inject_fault(
+                        body.kind,
+                        body.app_id,
+                        iid,
+                        cluster=body.cluster,
+                        by_address=body.by_address,
+                    )
+            except FaultError as exc:
+                return _json({"message": str(exc)}, 400)
         injected = [{"app_id": a, "instance_id": i} for a, i in hit]
-        return _json({"kind": body["kind"], "injected": injected})
+        return _json({"kind": body.kind, "injected": injected})
 
     async def api_faults(request: Request) -> Response:
         if request.method == "PUT":
