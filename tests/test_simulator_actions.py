@@ -225,6 +225,17 @@ async def test_interrupt_cancels_the_running_operation_and_restores_the_instance
     assert await fleet.state("small-1", "small-1.0") == "UNKNOWN"
 
 
+async def test_interrupt_cancels_a_delete_still_running(fleet: Fleet) -> None:
+    await fleet.act("delete", "web-1", "web-1.2")
+    assert await fleet.state("web-1", "web-1.2") == "DESTORY"
+
+    answer = await fleet.act("interrupt", "web-1", "web-1.2")
+    fleet.later(60)
+
+    assert answer["success_instances"] == ["web-1.2"]
+    assert await fleet.state("web-1", "web-1.2") == "RUNNING"
+
+
 async def test_interrupt_with_nothing_running_fails(fleet: Fleet) -> None:
     answer = await fleet.act("interrupt", "web-1", "web-1.0")
 

@@ -585,7 +585,8 @@ class Simulator:
         twin's instances, but no operation is scheduled and nothing is healed.
         """
         begin = functools.partial(self._begin, by_request=True, shadow=shadow)
-        if inst.state == "DESTORY":
+        # A deleted instance takes nothing more, but a delete still running can be interrupted.
+        if inst.state == "DESTORY" and not (action is Action.INTERRUPT and inst.op is not None):
             return False
         if inst.frozen and action not in (Action.UNFREEZE, Action.INTERRUPT):
             return False
