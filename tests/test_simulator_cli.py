@@ -102,3 +102,50 @@ def test_a_restart_is_seen_restarting_then_running_and_the_report_counts_it(simu
     assert seen[0] == "RESTARTING"
     assert seen[-1] == "RUNNING"
     assert report["actions"]["restart"] == {"success": 1}
+
+
+# -- the fault mix ------------------------------------------------------------------------------
+
+
+def _parsed(*argv: str) -> object:
+    import argparse
+
+    from healer.simulator.cli import add_arguments
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_a_fault_mix_with_cluster_outages_schedules_them() -> None:
+    from healer.simulator import ManualClock, Simulator
+    from healer.simulator.cli import build_simulator
+
+    args = _parsed("--apps", "30", "--seed", "3", "--fault-rate", "2", "--fault-mix",
+                   "cluster_outage=1,unknown=0,process_down=0,agent_down=0,container_down=0,"
+                   "invalid_state=0,frozen=0")  # fmt: skip
+    mix = build_simulator(args).settings.fault_mix  # type: ignore[arg-type]
+    sim = Simulator.generate(apps=30, seed=3, fault_rate=2, clock=ManualClock())
+    sim.settings.fault_mix = mix
+    sim.advance(60)
+
+    assert mix["cluster_outage"] == 1 and mix["unknown"] == 0
+    assert sim.report()["faults_injected"]["by_kind"].keys() == {"cluster_outage"}
+
+
+@pytest.mark.parametrize("mix", ["meteor=1", "unknown", "unknown=-1", "unknown=x"])
+def test_a_bad_fault_mix_is_refused_by_the_command_line(mix: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentError, match="fault-mix"):
+        _parsed("--fault-mix", mix)
+
+
+def test_a_fault_mix_of_only_zero_weights_with_a_fault_rate_is_refused() -> None:
+    from healer.simulator.cli import run
+    from healer.simulator.core import FAULT_KINDS
+
+    zero = ",".join(f"{k}=0" for k in FAULT_KINDS)
+    args = _parsed("--port", "0", "--fault-rate", "1", "--fault-mix", zero)
+
+    assert run(args) == 2  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
-from healer.simulator.core import Simulator
+from healer.simulator.core import FAULT_KINDS, Simulator
 from healer.simulator.scenario import ScenarioError
 from healer.simulator.server import _bind, build_app, uvicorn_config
 
@@ -61,6 +61,19 @@ def _number(
     return parse
 
 
+def _fault_mix(text: str) -> dict[str, float]:
+    """An argparse type: ``kind=weight,...`` over the known fault kinds, weights at least 0."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        kind, sep, weight = part.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in FAULT_KINDS:
+            msg = f"{part.strip()!r}: give kind=weight, kind one of {', '.join(FAULT_KINDS)}"
+            raise argparse.ArgumentTypeError(msg)
+        mix[kind] = _number(0)(weight.strip())
+    return mix
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: loopback)"
@@ -87,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_number(0),
         default=0.0,
         help="scheduled faults per app per minute (default: 0, only injected faults)",
+    )
+    parser.add_argument(
+        "--fault-mix",
+        type=_fault_mix,
+        default={},
+        metavar="KIND=W,...",
+        help="weights of scheduled fault kinds, over the defaults "
+        "(e.g. cluster_outage=1 adds correlated cluster outages; default weight 0)",
     )
     parser.add_argument(
         "--restart-fail-prob",
@@ -140,12 +161,15 @@ def build_simulator(args: argparse.Namespace) -> Simulator:
         "auth_header": args.auth_header,
     }
     if args.scenario is not None:
-        return Simulator.from_scenario(
+        sim = Simulator.from_scenario(
             args.scenario, speed=args.speed, fault_rate=args.fault_rate, **options
         )
-    return Simulator.generate(
-        apps=args.apps, seed=args.seed, fault_rate=args.fault_rate, speed=args.speed, **options
-    )
+    else:
+        sim = Simulator.generate(
+            apps=args.apps, seed=args.seed, fault_rate=args.fault_rate, speed=args.speed, **options
+        )
+    sim.settings.fault_mix = {**sim.settings.fault_mix, **args.fault_mix}
+    return sim
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         sim = build_simulator(args)
     except ScenarioError as exc:
         print(f"healer simulate: --scenario: {exc}", file=sys.stderr)
+        return 2
+    if sim.settings.fault_rate > 0 and not any(w > 0 for w in sim.settings.fault_mix.values()):
+        print("healer simulate: --fault-mix leaves every fault kind at weight 0", file=sys.stderr)
         return 2
     server = uvicorn_config(build_app(sim), http=args.http, loop=args.loop)
     try:

@@ -308,7 +308,9 @@ def _control_routes(sim: Simulator) -> list[Route]:
             body = FaultRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return _json({"message": _first_error(exc)}, 400)
-        targets: list[str | None] = list(body.instance_ids or [body.instance_id])
+        targets: list[str | None] = (
+            [*body.instance_ids] if body.instance_ids else [body.instance_id]
+        )
         hit: list[tuple[str, str]] = []
         with sim.lock:
             try:
