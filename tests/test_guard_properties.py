@@ -1,8 +1,9 @@
 """Properties of the guard over random fleets, budgets, states, in-flight sets and proposals.
 
 1. Approved disruptive actions never take ``available`` below ``required``
-   (counted here independently of the guard), never touch an instance twice,
-   and never touch an app whose budget is unknown.
+   (both counted here independently of the guard), never touch an instance
+   twice, and never touch an app whose budget is unknown; and the guard's
+   ``required`` is the one DESIGN section 3 gives.
 2. A refused proposal changes nothing: without it, every other decision and
    what the sweep spends are the same.
 3. Decisions do not depend on the order proposals arrive in.
@@ -12,8 +13,10 @@ At least 2,000 examples each under ``CI=true`` (profile ``guard-ci``).
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -55,8 +58,15 @@ POLICIES = [
 
 ABSENT = "absent"
 
-#: Snapshots, the ledger's view, the proposals, and which (app, instance) truly serve.
-Fleet = tuple[dict[str, AppSnapshot], LedgerView, list[Proposal], frozenset[tuple[str, str]]]
+#: Snapshots, the ledger's view, the proposals, which (app, instance) truly serve, and each
+#: app's budget payload as drawn.
+Fleet = tuple[
+    dict[str, AppSnapshot],
+    LedgerView,
+    list[Proposal],
+    frozenset[tuple[str, str]],
+    dict[str, dict[str, Any] | None],
+]
 
 
 def _instance(parts: tuple[str, str | None, str | None, str | None]) -> dict[str, Any]:
@@ -102,6 +112,28 @@ def budgets(draw: st.DrawFn, replica: int) -> dict[str, Any] | None:
     return out
 
 
+def oracle_required(budget: dict[str, Any] | None) -> int | None:
+    """``required`` by DESIGN section 3, worked out here apart from the guard; None: unknown.
+
+    Only the budget shapes ``budgets`` draws: each value read exactly from its text.
+    """
+    if budget is None:
+        return None
+    R = budget["replica"]
+    required = budget.get("replica_that_at_least_need_to_keep", 0)
+    control = budget.get("instanceControlBudget")
+    if control is not None:
+        if control["type"] != "MinAvailableRatio":
+            return None
+        required = max(required, math.ceil(Fraction(str(control["value"])) * R / 100))
+    mu = Fraction(str(budget.get("minUsable", 0)))
+    if 0 < mu <= 1:
+        required = max(required, math.ceil(mu * R))
+    elif mu > 1:
+        required = max(required, math.ceil(mu * R / 100))
+    return int(required)
+
+
 def truly_serving(spec: dict[str, Any]) -> bool:
     """Serving by the instance's true state, whether or not the API's top-five lists name it."""
     deliberate = any(spec.get(flag) for flag in ("disabled", "under_repair", "migrating"))
@@ -114,6 +146,7 @@ def fleets(draw: st.DrawFn) -> Fleet:
     in_flight: list[InFlight] = []
     proposals: list[Proposal] = []
     serving: set[tuple[str, str]] = set()
+    drawn: dict[str, dict[str, Any] | None] = {}
     for k in range(draw(st.integers(1, 3))):
         app_id = f"app{k}"
         # Sometimes more instances share a state than the top-five lists can name, so
@@ -128,6 +161,7 @@ def fleets(draw: st.DrawFn) -> Fleet:
         serving |= {(app_id, iid) for iid, s in instances.items() if truly_serving(s)}
         spec: dict[str, Any] = {"instances": instances}
         budget = draw(budgets(replica))
+        drawn[app_id] = budget
         if budget is not None:
             spec["budget"] = budget
         failed = ("instance_info",) if draw(st.integers(0, 15)) == 0 else ()
@@ -147,7 +181,7 @@ def fleets(draw: st.DrawFn) -> Fleet:
                     action=draw(ACTIONS),
                 )
             )
-    return snaps, LedgerView(in_flight=tuple(in_flight)), proposals, frozenset(serving)
+    return snaps, LedgerView(in_flight=tuple(in_flight)), proposals, frozenset(serving), drawn
 
 
 CONFIGS = st.builds(
@@ -166,7 +200,7 @@ def outcomes(result: Any) -> list[tuple[str, str | None]]:
 def approved_disruptive_actions_never_take_an_app_below_its_budget(
     fleet: Fleet, config: GuardConfig, result: Any
 ) -> None:
-    snaps, ledger, _, serving = fleet
+    snaps, ledger, _, serving, budgets_by_app = fleet
     busy = {(r.app_id, r.instance_id) for r in ledger.in_flight if r.open_at(NOW)}
     touched: set[tuple[str, str]] = set()
     for app_id, snap in snaps.items():
@@ -183,8 +217,8 @@ def approved_disruptive_actions_never_take_an_app_below_its_budget(
         disruptive = [p for p in approved if p.disruptive]
         if not disruptive:
             continue
-        budget = compute_budget(snap)
-        assert snap.complete and budget.known, f"{app_id}: acted without a known budget"
+        required = oracle_required(budgets_by_app[app_id])
+        assert snap.complete and required is not None, f"{app_id}: acted without a known budget"
         # Counted from the true states, not the snapshot's: an instance the top-five
         # lists leave unnamed may be serving, and acting on it costs the budget.
         available = {
@@ -193,11 +227,21 @@ def approved_disruptive_actions_never_take_an_app_below_its_budget(
         taken = available & {p.instance_id for p in disruptive}
         if taken:
             left = len(available) - len(taken)
-            assert left >= budget.required, f"{app_id}: {left} left < {budget.required}"
+            assert left >= required, f"{app_id}: {left} left < {required}"
+
+
+def the_budget_is_the_one_design_gives(fleet: Fleet) -> None:
+    snaps, *_, budgets_by_app = fleet
+    for app_id, snap in snaps.items():
+        budget, expected = compute_budget(snap), oracle_required(budgets_by_app[app_id])
+
+        assert budget.known is (expected is not None), f"{app_id}: {budget}"
+        if expected is not None:
+            assert budget.required == expected, f"{app_id}: {budget.required} != {expected}"
 
 
 def a_refused_proposal_changes_nothing(fleet: Fleet, config: GuardConfig, result: Any) -> None:
-    snaps, ledger, proposals, _ = fleet
+    snaps, ledger, proposals, *_ = fleet
     for i, d in enumerate(result.decisions):
         if d.outcome is not Verdict.REFUSED:
             continue
@@ -211,7 +255,7 @@ def a_refused_proposal_changes_nothing(fleet: Fleet, config: GuardConfig, result
 def decisions_do_not_depend_on_arrival_order(
     fleet: Fleet, config: GuardConfig, result: Any, order: list[int]
 ) -> None:
-    snaps, ledger, proposals, _ = fleet
+    snaps, ledger, proposals, *_ = fleet
     second = decide(snaps, ledger, [proposals[i] for i in order], config, NOW)
 
     def keyed(r: Any) -> list[tuple[Any, ...]]:
@@ -231,12 +275,13 @@ def decisions_do_not_depend_on_arrival_order(
 def test_the_guard_is_safe_spends_only_on_approval_and_ignores_arrival_order(
     fleet: Fleet, config: GuardConfig, rnd: Any
 ) -> None:
-    snaps, ledger, proposals, _ = fleet
+    snaps, ledger, proposals, *_ = fleet
     order = list(range(len(proposals)))
     rnd.shuffle(order)
 
     result = decide(snaps, ledger, proposals, config, NOW)
 
+    the_budget_is_the_one_design_gives(fleet)
     approved_disruptive_actions_never_take_an_app_below_its_budget(fleet, config, result)
     a_refused_proposal_changes_nothing(fleet, config, result)
     decisions_do_not_depend_on_arrival_order(fleet, config, result, order)
