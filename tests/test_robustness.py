@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 import uvicorn
 from pydantic import SecretStr
 
@@ -35,9 +37,6 @@ class StubBackend:
     def alive(self) -> bool:
         return True
 
-    def status(self, app_id: str | None) -> dict[str, Any]:
-        return {"apps": {}}
-
     async def actions(self, **filters: Any) -> list[dict[str, Any]]:
         self.action_filters.append(filters)
         return []
@@ -57,6 +56,17 @@ class StubBackend:
 
     def render_metrics(self) -> tuple[bytes, str]:
         return b"", "text/plain"
+
+    def enrolled(self, app_id: str) -> bool:
+        return app_id.startswith("app-")
+
+    async def remove_silence(self, silence_id: int, who: str) -> dict[str, Any]:
+        return {"id": silence_id, "removed": False}
+
+    def status(self, app_id: str | None) -> dict[str, Any]:
+        if app_id == "boom":
+            raise RuntimeError("a bug in the status page")
+        return {"apps": {}}
 
 
 @pytest.fixture
@@ -91,6 +101,50 @@ def _pause_body(**extra: Any) -> dict[str, Any]:
 
 
 class TestHttpApi:
+    @pytest.mark.parametrize(
+        ("path", "body", "field"),
+        [
+            ("/v1/pause", _pause_body(app_id="", **{"for": "1h"}), "app_id"),
+            ("/v1/pause", _pause_body(app_id="app 1", **{"for": "1h"}), "app_id"),
+            ("/v1/pause", _pause_body(app_id="x" * 300, **{"for": "1h"}), "app_id"),
+            ("/v1/pause", _pause_body(app_id="typo-0001", **{"for": "1h"}), "app_id"),
+            ("/v1/pause", _pause_body(**{"for": "0s"}), "for"),
+            ("/v1/resume", {"app_id": "", "who": "alice"}, "app_id"),
+        ],
+    )
+    async def test_a_pause_or_resume_that_would_not_do_what_it_says_is_a_422(
+        self, api: httpx.AsyncClient, path: str, body: dict[str, Any], field: str
+    ) -> None:
+        # An empty app id once answered "paused: *" while pausing nothing at all.
+        r = await api.post(path, json=body)
+
+        assert r.status_code == 422, r.text
+        assert [f["field"] for f in r.json()["fields"]] == [field]
+
+    async def test_a_deeply_nested_body_is_a_400_not_a_crash(self, api: httpx.AsyncClient) -> None:
+        r = await api.post("/v1/pause", content="[" * 100_000)
+
+        assert r.status_code == 400
+        assert r.json() == {"error": "body must be JSON"}
+
+    async def test_a_silence_id_past_the_stores_integers_is_not_found(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        r = await api.request("DELETE", "/v1/silences/" + "9" * 30, json={"who": "alice"})
+
+        assert r.status_code == 404
+
+    async def test_a_bug_behind_an_endpoint_is_a_json_500_and_one_log_line(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        with structlog.testing.capture_logs() as logs:
+            r = await api.get("/v1/status", params={"app": "boom"})
+
+        assert r.status_code == 500
+        assert r.json()["error"].startswith("internal error")
+        assert [e["event"] for e in logs] == ["http_handler_failed"]
+        assert logs[0]["path"] == "/v1/status"
+
     async def test_a_huge_pause_duration_is_a_422_naming_for(self, api: httpx.AsyncClient) -> None:
         r = await api.post("/v1/pause", json=_pause_body(**{"for": "99999999999999999999999h"}))
 

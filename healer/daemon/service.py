@@ -326,6 +326,10 @@ class Daemon:
     def alive(self) -> bool:
         return self.scheduler is not None and self.scheduler.running
 
+    def enrolled(self, app_id: str) -> bool:
+        """Whether healer looks after the app (a pause for any other would do nothing)."""
+        return app_id in self.apps
+
     def ready(self) -> bool:
         # Ready once a sweep has ended with CloudPilot answering for at least one app. Not
         # "every app complete": one enrolled app that CloudPilot never answers for would

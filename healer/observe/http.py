@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -68,6 +68,8 @@ class Backend(Protocol):
 
     def render_metrics(self) -> tuple[bytes, str]: ...
 
+    def enrolled(self, app_id: str) -> bool: ...
+
 
 class WhoRequest(BaseModel):
     """An admin write that only says who made it."""
@@ -99,14 +101,18 @@ class ExpiringRequest(WhoRequest):
         return now + parse_duration(self.duration)
 
 
-class PauseRequest(ExpiringRequest):
-    """Body of ``POST /v1/pause``: global when ``app_id`` is absent."""
+#: An app id in an admin body: absent means every app, so an empty one is an error, not "all".
+AppId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^\S+$")]
 
-    app_id: str | None = None
+
+class PauseRequest(ExpiringRequest):
+    """Body of ``POST /v1/pause``: global when ``app_id`` is absent; the app must be enrolled."""
+
+    app_id: AppId | None = None
 
 
 class ResumeRequest(WhoRequest):
-    app_id: str | None = None
+    app_id: AppId | None = None
 
 
 class SilenceRequest(ExpiringRequest):
@@ -130,6 +136,9 @@ class SilenceRequest(ExpiringRequest):
 
 
 MAX_PAUSE = timedelta(days=7)
+
+#: The largest id the store hands out (a signed 64-bit integer on both backends).
+MAX_ID = 2**63 - 1
 
 #: The values ``GET /v1/actions?outcome=`` accepts.
 OUTCOMES = tuple(o.value for o in Outcome)
@@ -163,7 +172,8 @@ def build_http_app(
             return denied
         try:
             raw = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser goes is no admin body either.
             return _error(400, "body must be JSON")
         try:
             return model.model_validate(raw)
@@ -228,7 +238,8 @@ def build_http_app(
         except DurationError as exc:
             return _error(422, "invalid body", fields=[{"field": "for", "error": str(exc)}])
         if until <= start:
-            return _error(422, "invalid body", fields=[{"field": "until", "error": "in the past"}])
+            error = "must be longer than 0s" if field == "for" else "in the past"
+            return _error(422, "invalid body", fields=[{"field": field, "error": error}])
         if until - start > MAX_PAUSE:
             # A forgotten pause or silence quietly turns healing off; make people renew long ones.
             return _error(422, "invalid body", fields=[{"field": field, "error": "at most 7d"}])
@@ -241,6 +252,10 @@ def build_http_app(
         until = expiry(body, now())
         if isinstance(until, Response):
             return until
+        if body.app_id is not None and not backend.enrolled(body.app_id):
+            # A mistyped app id must not look like a pause that took.
+            field = [{"field": "app_id", "error": f"{body.app_id!r} is not an enrolled app"}]
+            return _error(422, "invalid body", fields=field)
         result = await backend.pause(body.app_id, body.who, body.why, until)
         log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
         return JSONResponse(result)
@@ -287,24 +302,39 @@ def build_http_app(
         if isinstance(body, Response):
             return body
         silence_id = request.path_params["silence_id"]
-        # Logged by the store as `silence_removed`.
-        result = await backend.remove_silence(silence_id, body.who)
-        if not result.get("removed"):
+        # Logged by the store as `silence_removed`. An id past the store's integers is none.
+        removed = silence_id <= MAX_ID and await backend.remove_silence(silence_id, body.who)
+        if not removed or not removed.get("removed"):
             return _error(404, f"silence {silence_id} is not in force")
-        return JSONResponse(result)
+        return JSONResponse(removed)
+
+    def guarded(handler: Handler) -> Handler:
+        """The handler, answering a bug with a JSON 500 and one log line, not a traceback dump."""
+
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                # Whatever went wrong, the caller gets JSON and the log stays one JSON line.
+                log.exception(
+                    "http_handler_failed", path=request.url.path, error=type(exc).__name__
+                )
+                return _error(500, "internal error; see healer's log")
+
+        return run
 
     routes: list[Route] = [
-        Route("/metrics", metrics),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/v1/status", status),
-        Route("/v1/actions", actions),
-        Route("/v1/pause", pause, methods=["POST"]),
-        Route("/v1/resume", resume, methods=["POST"]),
-        Route("/v1/policies/{name}/resume", resume_policy, methods=["POST"]),
-        Route("/v1/silences", add_silence, methods=["POST"]),
-        Route("/v1/silences", list_silences, methods=["GET"]),
-        Route("/v1/silences/{silence_id:int}", remove_silence, methods=["DELETE"]),
+        Route("/metrics", guarded(metrics)),
+        Route("/healthz", guarded(healthz)),
+        Route("/readyz", guarded(readyz)),
+        Route("/v1/status", guarded(status)),
+        Route("/v1/actions", guarded(actions)),
+        Route("/v1/pause", guarded(pause), methods=["POST"]),
+        Route("/v1/resume", guarded(resume), methods=["POST"]),
+        Route("/v1/policies/{name}/resume", guarded(resume_policy), methods=["POST"]),
+        Route("/v1/silences", guarded(add_silence), methods=["POST"]),
+        Route("/v1/silences", guarded(list_silences), methods=["GET"]),
+        Route("/v1/silences/{silence_id:int}", guarded(remove_silence), methods=["DELETE"]),
     ]
     return Starlette(routes=routes)
 

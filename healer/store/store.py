@@ -648,7 +648,8 @@ class Store:
         async with self._tx(write=True) as conn:
             result = await conn.execute(insert(t).values(values).returning(t.c.id))
             pause_id = int(result.scalar_one())
-        log.info("pause_added", app_id=app_id, who=who, why=why, until=until, pause_id=pause_id)
+        shown = until.isoformat() if until is not None else None
+        log.info("pause_added", app_id=app_id, who=who, why=why, until=shown, pause_id=pause_id)
         return pause_id
 
     async def remove_pause(
@@ -745,8 +746,8 @@ class Store:
             select=dict(selector),
             who=who,
             why=why,
-            start=start,
-            end=end,
+            start=start.isoformat(),
+            end=end.isoformat(),
             tz=tz,
         )
         return silence_id
