@@ -228,6 +228,19 @@ def test_history_refuses_a_limit_below_one(tmp_path: Path, limit: str) -> None:
     assert "--limit: must be at least 1" in done.stderr
 
 
+def test_history_on_a_store_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-folder" / "healer.db"
+    config = write_config(tmp_path / "healer.yaml", f"store_url: 'sqlite:///{missing}'")
+
+    done = healer("history", "--config", str(config))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"healer history: store_url: no ledger at {missing}")
+    assert not missing.parent.exists()
+
+
 def test_history_piped_into_head_stops_quietly(tmp_path: Path) -> None:
     db = tmp_path / "healer.db"
     at = datetime.now(UTC) - timedelta(minutes=5)

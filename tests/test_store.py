@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -277,6 +278,17 @@ async def test_several_replicas_opening_one_empty_store_at_once_migrate_it_once(
         await opened.close()
 
     assert applied_versions(store_url) == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_an_sqlite_store_in_a_folder_that_does_not_exist_is_refused_and_not_made(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "typo" / "healer.db"
+
+    with pytest.raises(StoreConfigError, match="does not exist"):
+        await Store.open(f"sqlite:///{missing}")
+
+    assert not missing.parent.exists()
 
 
 async def test_an_sqlite_store_uses_wal_and_a_busy_timeout(tmp_path: object) -> None:

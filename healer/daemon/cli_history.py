@@ -16,6 +16,8 @@ from healer.daemon.service import action_json
 from healer.observe.logging import configure_logging
 from healer.policy.durations import DurationError, parse_duration
 from healer.store import Store
+from healer.store.errors import StoreConfigError
+from healer.store.store import sqlite_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Logs go to stderr and only when something is wrong: stdout is the ledger.
     configure_logging("warning", json=False)
+
+    # Reading the history must not create a ledger: a missing file is a wrong store_url.
+    try:
+        database = sqlite_file(config.store_url)
+    except StoreConfigError as exc:
+        print(f"healer history: store_url: {exc}", file=sys.stderr)
+        return 2
+    if database is not None and not database.is_file():
+        print(f"healer history: store_url: no ledger at {database}", file=sys.stderr)
+        return 2
 
     async def main() -> list[dict[str, object]] | None:
         try:

@@ -26,7 +26,7 @@ from healer.policy.loader import load_directory
 from healer.snapshot import AppSnapshot
 from healer.store import Store
 from healer.store.errors import StoreConfigError
-from healer.store.store import normalize_url
+from healer.store.store import sqlite_file
 
 DESCRIPTION = """\
 Observe the enrolled apps once and show what healer would do, as a table:
@@ -53,12 +53,8 @@ def ledger_url(store_url: str) -> tuple[str, str | None]:
     so that looking never creates a database. Raises StoreConfigError for a URL
     that is not a store's.
     """
-    url = normalize_url(store_url)
-    database = url.database
-    if url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
-        return store_url, None
-    assert database is not None
-    if Path(database).exists():
+    database = sqlite_file(store_url)
+    if database is None or database.exists():
         return store_url, None
     return "sqlite:///:memory:", f"no ledger at {database} yet: planning against an empty ledger"
 

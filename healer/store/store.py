@@ -109,6 +109,17 @@ def normalize_url(url: str | URL) -> URL:
     raise StoreConfigError(msg)
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a file-backed SQLite store URL, or None (PostgreSQL, in-memory SQLite).
+
+    Raises StoreConfigError for a URL that is not a store's.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     # Let SQLAlchemy emit BEGIN itself (see _sqlite_on_begin), not the driver.
     dbapi_conn.isolation_level = None
@@ -155,7 +166,11 @@ def _create_engine(url: URL) -> AsyncEngine:
             # One connection holds the whole in-memory database.
             kwargs["poolclass"] = StaticPool
         else:
-            Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+            # Never made here: a mistyped path would quietly start an empty ledger, and the
+            # ledger is what keeps a restarted healer from sending an action twice.
+            folder = Path(str(url.database)).parent
+            if not folder.is_dir():
+                raise StoreConfigError(f"the folder {folder} of the SQLite file does not exist")
         engine = create_async_engine(
             url,
             json_serializer=schema.dumps,
