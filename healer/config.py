@@ -106,15 +106,28 @@ class HttpConfig(Strict):
         return self
 
     def resolved_admin_token(self) -> SecretStr | None:
-        """The admin token from the value, the file or the environment variable, in that order."""
+        """The admin token from the value, the file or the environment variable, in that order.
+
+        None when no source is configured (the admin API is off). A source that is
+        configured but yields nothing raises ValueError naming the key: an admin API
+        that is quietly off is found out mid-incident, when a pause fails.
+        """
         if self.admin_token is not None:
-            return self.admin_token
-        if self.admin_token_file is not None:
-            return SecretStr(self.admin_token_file.read_text(encoding="utf-8").strip())
-        if self.admin_token_env:
-            value = os.environ.get(self.admin_token_env)
-            return SecretStr(value) if value else None
-        return None
+            token, where = self.admin_token.get_secret_value(), "http.admin_token"
+        elif self.admin_token_file is not None:
+            where = f"http.admin_token_file: {self.admin_token_file}"
+            try:
+                token = self.admin_token_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{where}: cannot read: {exc}") from None
+        elif self.admin_token_env:
+            token = os.environ.get(self.admin_token_env, "")
+            where = f"http.admin_token_env: {self.admin_token_env}"
+        else:
+            return None
+        if not token.strip():
+            raise ValueError(f"{where} is empty or unset")
+        return SecretStr(token.strip())
 
 
 class CacheConfig(Strict):

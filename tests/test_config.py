@@ -183,3 +183,36 @@ def test_a_window_select_takes_the_policy_selector_and_names_a_bad_key(tmp_path:
     )
     with pytest.raises(ConfigError, match=r"guard\.maintenance_windows\.0\.select\.prodcut"):
         load_config(bad)
+
+
+# -- the admin token ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("http", "env", "message"),
+    [
+        ("{admin_token_env: HEALER_TEST_NO_SUCH_TOKEN}", {}, "http.admin_token_env"),
+        ("{admin_token_env: HEALER_TEST_EMPTY}", {"HEALER_TEST_EMPTY": "  "}, "admin_token_env"),
+        ("{admin_token_file: '{empty}'}", {}, "http.admin_token_file"),
+        ("{admin_token_file: '{missing}'}", {}, "cannot read"),
+        ("{admin_token: ''}", {}, "http.admin_token is empty"),
+    ],
+)
+def test_an_admin_token_source_that_yields_nothing_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: str, env: dict[str, str], message: str
+) -> None:
+    # Configured but empty used to switch the admin API off without a word.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HEALER_TEST_NO_SUCH_TOKEN", raising=False)
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n", encoding="utf-8")
+    http = http.replace("{empty}", str(empty)).replace("{missing}", str(tmp_path / "nope"))
+    config = load_config(write(tmp_path, f"http: {http}\n"))
+
+    with pytest.raises(ValueError, match=message):
+        config.http.resolved_admin_token()
+
+
+def test_no_admin_token_source_at_all_leaves_the_admin_api_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "poll_interval: 10s\n")).http.resolved_admin_token() is None

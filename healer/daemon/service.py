@@ -182,8 +182,8 @@ class Daemon:
         cfg = self.config.http
         try:
             token = cfg.resolved_admin_token()
-        except OSError as exc:
-            raise StartupError(f"http.admin_token_file: cannot read: {exc}") from exc
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         if token is None:
             log.warning("admin_api_disabled", why="no admin token configured")
         else:
