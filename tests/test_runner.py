@@ -117,6 +117,64 @@ class TestReporting:
         assert needle in out
         assert out.strip().splitlines()[-1] == "0 passed, 1 failed"
 
+    @pytest.mark.parametrize(
+        ("change", "where"),
+        [
+            # GOOD's lines: 8 is `a:`, 10 the instances, 12 `actions:`.
+            (("a.1: {}", "a.1: {statsu: UNKNOWN}"), ":10:51: app a: instance a.1: unknown key "),
+            (
+                ("        budget:", "        budgett: {}\n        budget:"),
+                ":9:9: app a: unknown key",
+            ),
+            (("      actions: [{app: a", "      actions: [{ap: a"), ":12:18: steps.0.expect"),
+            (("    expect:", "    expected:"), ":11:5: steps.0.expected: Extra inputs"),
+            (("at: 0s", "at: soon"), ":6:9: steps.0.at"),
+            (("  - at: 0s", "  - at: 0s\n  - &x {at: 1s}\n  - *y"), "alias *y names no finished"),
+            (("restart}\n", "restart}\n\tbad: tab\n"), ":5:1: YAML syntax error: found character"),
+        ],
+    )
+    def test_a_broken_case_file_says_file_line_and_column(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        change: tuple[str, str],
+        where: str,
+    ) -> None:
+        path = write(tmp_path, GOOD.replace(*change, 1))
+
+        code = main(["test", str(path)])
+
+        out = capsys.readouterr().out
+        assert code == 1
+        assert f"{path}{where}" in out or (where.startswith("alias") and where in out), out
+
+    def test_a_case_that_expects_nothing_is_an_error_not_a_pass(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        quiet = GOOD[: GOOD.index("    expect:")]
+
+        code = main(["test", str(write(tmp_path, quiet))])
+
+        out = capsys.readouterr().out
+        assert code == 1
+        assert "no step has an `expect`" in out
+
+    def test_anchors_and_aliases_repeat_an_app_and_expand_within_bounds(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        repeated = GOOD.replace("      a:\n", "      a: &app\n", 1) + (
+            "  - at: 1m\n    apps: {a: *app}\n"
+            "    expect: {refused: [{app: a, instance: a.0, reason: in_flight}], only: true}\n"
+        )
+        bomb = "\n".join(
+            [f"a0: &a0 [{', '.join(['x'] * 10)}]"]
+            + [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+        )
+
+        assert main(["test", str(write(tmp_path, repeated))]) == 0, capsys.readouterr().out
+        assert main(["test", str(write(tmp_path, bomb, "bomb.yaml"))]) == 1
+        assert "aliases expand to more than 100000 values" in capsys.readouterr().out
+
     def test_policies_are_found_beside_a_tests_directory(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -254,3 +312,34 @@ class TestVerification:
         assert count("p", "a", "a.0", timedelta(hours=1)) == 2
         assert count("p", "a", "a.0", timedelta(hours=2)) == 3
         assert count("q", "a", "a.0", timedelta(hours=2)) == 0
+
+
+class TestThePolicyDirectory:
+    def test_a_policies_path_that_is_no_directory_is_said_once(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code = main(["test", str(write(tmp_path, GOOD)), "--policies", str(tmp_path / "nope")])
+
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err == f"healer test: --policies: {tmp_path / 'nope'} is not a directory\n"
+
+    def test_a_broken_policy_directory_is_listed_once_for_all_its_cases(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        (policies / "bad.yaml").write_text("name: bad\nwhen: {status: [UNKNOWN]}\naction: reboot\n")
+        named = GOOD.replace(
+            "inline:\n  - {name: restart-unknown, when: {status: [UNKNOWN]}, action: restart}",
+            "policies: [restart-unknown]",
+        )
+        cases = [write(tmp_path, named, f"c{n}.yaml") for n in range(3)]
+
+        code = main(["test", *map(str, cases), "--policies", str(policies)])
+
+        out = capsys.readouterr().out
+        assert code == 1
+        assert out.count("bad.yaml:3:") == 1
+        assert out.count("has errors (listed above)") == 2
+        assert out.strip().splitlines()[-1] == "0 passed, 3 failed"

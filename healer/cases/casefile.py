@@ -53,8 +53,6 @@ from typing import Annotated, Any
 
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from healer.cases.payloads import CaseError, app_payloads
 from healer.cloudpilot.client import CloudPilotClient
@@ -68,8 +66,9 @@ from healer.guard.reasons import Reason
 from healer.model import PolicyRules
 from healer.observe.metrics import HealerMetrics
 from healer.policy.durations import parse_duration
-from healer.policy.loader import load_directory, load_text
+from healer.policy.loader import load_directory, load_text, position, strip_tags
 from healer.policy.model import Policy
+from healer.policy.yamlread import Document, Pos, read_documents
 from healer.store import ActionRow, Store
 from healer.store import Outcome as StoreOutcome
 
@@ -139,6 +138,10 @@ class Expect(Strict):
     outcomes: list[ExpectedOutcome] = Field(default_factory=list)
     only: bool = False
 
+    def says_something(self) -> bool:
+        """Whether this expectation can fail: it lists something, or says nothing else happens."""
+        return self.only or bool(self.actions or self.refused or self.dry_run or self.outcomes)
+
 
 class Step(Strict):
     at: Offset = timedelta(0)
@@ -183,6 +186,13 @@ class Case(Strict):
         times = [s.at for s in self.steps]
         if times != sorted(times):
             raise ValueError("steps must be in time order")
+        return self
+
+    @model_validator(mode="after")
+    def _expects_something(self) -> Case:
+        # A case that expects nothing passes whatever healer does: it tests nothing.
+        if not any(s.expect is not None and s.expect.says_something() for s in self.steps):
+            raise ValueError("no step has an `expect` (decisions, outcomes or `only: true`)")
         return self
 
 
@@ -261,19 +271,52 @@ class CaseResult:
 
 
 def read_cases(path: Path) -> list[Case | str]:
-    """The cases in one file; a case that does not load is its error message instead."""
-    yaml = YAML(typ="safe", pure=True)
+    """The cases in one file; a case that does not load is its errors instead.
+
+    Read as policy files are (no tags, aliases or duplicate keys), and every
+    error says ``file:line:col``, down to a misspelt field of one instance.
+    """
     try:
-        docs = [d for d in yaml.load_all(path.read_text(encoding="utf-8")) if d is not None]
-    except (OSError, YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: cannot read: {exc}"]
+    docs, problems = read_documents(text, aliases=True, kind="test cases")
+    if problems:
+        return ["\n  ".join(f"{path}:{p.pos.line}:{p.pos.col}: {p.message}" for p in problems)]
     out: list[Case | str] = []
-    for n, doc in enumerate(docs, 1):
-        try:
-            out.append(Case.model_validate(doc))
-        except ValidationError as exc:
-            out.append(f"{path} (case {n}): {exc}")
+    for doc in docs:
+        if doc.value is None:
+            continue
+        errors = _case_errors(doc)
+        if errors:
+            out.append("\n  ".join(f"{path}:{pos.line}:{pos.col}: {msg}" for pos, msg in errors))
+        else:
+            out.append(Case.model_validate(doc.value))
     return out
+
+
+def _case_errors(doc: Document) -> list[tuple[Pos, str]]:
+    """Everything wrong with one case document, each at its position."""
+    try:
+        case = Case.model_validate(doc.value)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = strip_tags(err["loc"])
+            where = ".".join(str(p) for p in loc) or "case"
+            pos = position(doc, loc, key=err["type"] == "extra_forbidden")
+            errors.append((pos, f"{where}: {err['msg']}"))
+        return errors
+    # The apps as the runner will serve them, checked now so that errors have a line.
+    found = []
+    for n, step in enumerate(case.steps):
+        for app_id, spec in step.apps.items():
+            try:
+                app_payloads(app_id, spec)
+            except CaseError as exc:
+                loc = ("steps", n, "apps", app_id, *exc.path)
+                found.append((position(doc, loc, key=bool(exc.path)), str(exc)))
+    return found
 
 
 def _policies_for(case: Case, library: Mapping[str, Policy]) -> list[Policy]:
@@ -523,6 +566,7 @@ async def run_files(paths: Iterable[Path], policies_dir: Path | None) -> list[Ca
     """Every case of every file, in order."""
     results: list[CaseResult] = []
     cache: dict[Path | None, tuple[dict[str, Policy], list[str]]] = {}
+    told: set[Path | None] = set()
     for path in paths:
         directory = policies_dir if policies_dir is not None else _default_policies(path)
         if directory not in cache:
@@ -533,7 +577,13 @@ async def run_files(paths: Iterable[Path], policies_dir: Path | None) -> list[Ca
                 results.append(CaseResult("(unreadable)", str(path), [f"  {case}"]))
                 continue
             if errors and case.policies:
-                msg = f"  policy directory {directory} has errors: " + "; ".join(errors)
+                # The directory's errors are listed once, by the first case that meets them.
+                if directory not in told:
+                    told.add(directory)
+                    listed = "".join(f"\n    {e}" for e in errors)
+                    msg = f"  policy directory {directory} has errors:{listed}"
+                else:
+                    msg = f"  policy directory {directory} has errors (listed above)"
                 results.append(CaseResult(case.name, str(path), [msg]))
                 continue
             results.append(await run_case(case, library, str(path)))

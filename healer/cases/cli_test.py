@@ -48,6 +48,9 @@ def _files(args: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, json=False)
+    if args.policies is not None and not args.policies.is_dir():
+        print(f"healer test: --policies: {args.policies} is not a directory", file=sys.stderr)
+        return 2
     files = {raw: _files([raw]) for raw in args.cases}
     results = asyncio.run(run_files([f for fs in files.values() for f in fs], args.policies))
     # A path that holds no case is an error, not a pass: a typo would otherwise test nothing.

@@ -31,6 +31,7 @@ from healer.cloudpilot.models import (
     AppMeta,
     DisabledList,
     EventList,
+    InstanceInfo,
     InstanceInfoList,
     InstanceStatus,
     MinUsableInfo,
@@ -65,15 +66,30 @@ HEALTHY_INFO: dict[str, Any] = {
 TOP = 5
 
 
+#: What an instance in a case may say: its state, ``disabled``, and ``instance_info`` fields.
+INSTANCE_KEYS = frozenset(
+    {"status", "disabled", *(set(InstanceInfo.model_fields) - {"instance_id"})}
+)
+
+
 class CaseError(ValueError):
-    """A case file that does not describe an app the runner can serve."""
+    """A case file that does not describe an app the runner can serve.
+
+    ``path`` is where in the app's description the problem is (``("instances",
+    "web-1.0", "statsu")``), so that the loader can point at its line.
+    """
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body of every snapshot call for one app described as in the module docstring."""
     unknown = sorted(set(spec) - APP_KEYS)
     if unknown:
-        raise CaseError(f"app {app_id}: unknown key(s) {', '.join(unknown)}")
+        known = ", ".join(sorted(APP_KEYS))
+        raise CaseError(f"app {app_id}: unknown key {unknown[0]!r}; known: {known}", (unknown[0],))
 
     where = f"app {app_id}"
     instances = _mapping(spec.get("instances"), f"{where}: instances")
@@ -83,6 +99,12 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     ordered = sorted((str(iid), fields) for iid, fields in instances.items())
     for n, (iid, fields) in enumerate(ordered):
         fields = dict(_mapping(fields, f"{where}: instance {iid}"))
+        # A misspelt field would otherwise pass as an extra field CloudPilot sent.
+        odd = sorted(str(k) for k in set(fields) - INSTANCE_KEYS)
+        if odd:
+            known = ", ".join(sorted(INSTANCE_KEYS))
+            msg = f"{where}: instance {iid}: unknown key {odd[0]!r}; known: {known}"
+            raise CaseError(msg, ("instances", iid, odd[0]))
         state = str(fields.pop("status", "RUNNING"))
         by_state.setdefault(state, []).append(iid)
         if fields.pop("disabled", False) and iid not in disabled:

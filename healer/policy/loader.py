@@ -182,7 +182,7 @@ class _Loaded:
     name_pos: Pos
 
 
-def _position(doc: Document, path: tuple[str | int, ...], *, key: bool) -> Pos:
+def position(doc: Document, path: tuple[str | int, ...], *, key: bool) -> Pos:
     """The position of the key (or value) at ``path``, else of the nearest enclosing value."""
     if key and path in doc.keys:
         return doc.keys[path]
@@ -192,7 +192,7 @@ def _position(doc: Document, path: tuple[str | int, ...], *, key: bool) -> Pos:
     return doc.start
 
 
-def _strip_tags(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+def strip_tags(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     # Union branch tags ("[values]", "[not]") name no YAML key.
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("[")))
 
@@ -209,14 +209,14 @@ def _validate(doc: Document, filename: str) -> tuple[Policy | None, list[PolicyE
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
-            path = _strip_tags(err["loc"])
+            path = strip_tags(err["loc"])
             ctx = err.get("ctx") or {}
             if err["type"] == "policy_rule" and ctx.get("path"):
                 path = (*path, *str(ctx["path"]).split("."))
             if err["type"] == "missing":
-                pos = _position(doc, path[:-1], key=False)
+                pos = position(doc, path[:-1], key=False)
             else:
-                pos = _position(doc, path, key=err["type"] == "extra_forbidden")
+                pos = position(doc, path, key=err["type"] == "extra_forbidden")
             shown = next(path[:end] for end in range(len(path), -1, -1) if path[:end] in doc.values)
             message = _message(err, path, shown)
             errors.append(PolicyError(filename, pos.line, pos.col, message))

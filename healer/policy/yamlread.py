@@ -112,19 +112,45 @@ def find_tabs(text: str) -> list[Problem]:
 class _Frame:
     """A mapping or list being built, and the key waiting for its value."""
 
-    __slots__ = ("container", "key", "key_pos", "path")
+    __slots__ = ("anchor", "container", "key", "key_pos", "path")
 
-    def __init__(self, container: dict[str, Any] | list[Any], path: Path) -> None:
+    def __init__(
+        self, container: dict[str, Any] | list[Any], path: Path, anchor: str | None = None
+    ) -> None:
         self.container = container
         self.path = path
+        self.anchor = anchor
         self.key: str | None = None
         self.key_pos: Pos | None = None
 
 
-def read_documents(text: str) -> tuple[list[Document], list[Problem]]:
+#: With aliases allowed, at most this many values may be reached through them in one text.
+MAX_ALIASED = 100_000
+
+
+def _count_within(value: Any, budget: int) -> int:
+    """How many values ``value`` holds (itself included), counting no further than ``budget``."""
+    seen, todo = 0, [value]
+    while todo and seen <= budget:
+        item = todo.pop()
+        seen += 1
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return seen
+
+
+def read_documents(
+    text: str, *, aliases: bool = False, kind: str = "policies"
+) -> tuple[list[Document], list[Problem]]:
     """Every document in ``text`` with its positions, and every problem found on the way.
 
     A syntax error ends reading at that point; documents read before it are kept.
+    ``aliases`` lets anchors be defined and used again (test cases repeat an app's
+    description from step to step), within ``MAX_ALIASED`` values in all, so that
+    nested aliases cannot expand into a bomb; a value reached through an alias has
+    the alias's position. ``kind`` names what the text holds, in messages.
     """
     problems: list[Problem] = []
     docs: list[Document] = []
@@ -132,6 +158,8 @@ def read_documents(text: str) -> tuple[list[Document], list[Problem]]:
     doc: Document | None = None
     stack: list[_Frame] = []
     too_deep = False
+    anchored: dict[str, Any] = {}
+    aliased = 0
 
     def place(value: Any, pos: Pos) -> Path | None:
         """Put a finished value where it belongs; None when it was a key or was dropped."""
@@ -163,19 +191,30 @@ def read_documents(text: str) -> tuple[list[Document], list[Problem]]:
             # Anything beyond plain data is refused where it stands, and the value dropped.
             anchor = getattr(event, "anchor", None)
             if isinstance(event, AliasEvent):
-                problems.append(Problem(pos, f"aliases (*{anchor}) are not allowed in policies"))
+                value = None
+                if not aliases:
+                    problems.append(Problem(pos, f"aliases (*{anchor}) are not allowed in {kind}"))
+                elif anchor not in anchored:
+                    problems.append(Problem(pos, f"alias *{anchor} names no finished anchor"))
+                else:
+                    value = anchored[anchor]
+                    aliased += _count_within(value, MAX_ALIASED - aliased)
+                    if aliased > MAX_ALIASED:
+                        msg = f"aliases expand to more than {MAX_ALIASED} values"
+                        problems.append(Problem(pos, msg))
+                        return docs, problems
                 if expecting_key():
+                    if value is not None:
+                        problems.append(Problem(pos, "keys must be plain text, not an alias"))
                     continue
-                place(None, pos)
+                place(value, pos)
                 continue
-            if anchor is not None:
-                problems.append(Problem(pos, f"anchors (&{anchor}) are not allowed in policies"))
+            if anchor is not None and not aliases:
+                problems.append(Problem(pos, f"anchors (&{anchor}) are not allowed in {kind}"))
             tag = getattr(event, "tag", None)
             if tag not in _ALLOWED_TAGS:
                 problems.append(
-                    Problem(
-                        pos, f"tag {_show_tag(str(tag))} is not allowed: policies are plain data"
-                    )
+                    Problem(pos, f"tag {_show_tag(str(tag))} is not allowed: {kind} are plain data")
                 )
 
             if isinstance(event, DocumentStartEvent):
@@ -203,6 +242,8 @@ def read_documents(text: str) -> tuple[list[Document], list[Problem]]:
                     top.key, top.key_pos = key, pos
                 else:
                     place(value, pos)
+                    if anchor is not None and aliases:
+                        anchored[anchor] = value
             elif isinstance(event, MappingStartEvent | SequenceStartEvent):
                 if expecting_key():
                     problems.append(Problem(pos, "keys must be plain text, not a mapping or list"))
@@ -217,9 +258,12 @@ def read_documents(text: str) -> tuple[list[Document], list[Problem]]:
                 )
                 path = place(container, pos)
                 assert path is not None
-                stack.append(_Frame(container, path))
+                stack.append(_Frame(container, path, anchor if aliases else None))
             elif isinstance(event, MappingEndEvent | SequenceEndEvent):
-                stack.pop()
+                # Only a finished container may be aliased: one that holds itself is refused.
+                done = stack.pop()
+                if done.anchor is not None:
+                    anchored[done.anchor] = done.container
     except MarkedYAMLError as exc:
         # A syntax error: say what the parser saw, where it saw it.
         mark = exc.problem_mark or exc.context_mark
