@@ -262,11 +262,26 @@ class TestFleetState:
     def test_a_state_no_longer_seen_drops_to_zero(self) -> None:
         metrics = HealerMetrics()
 
-        metrics.set_instances({"RUNNING": 5, "WEIRD_NEW_STATE": 1})
+        metrics.set_instances({"RUNNING": 5, "UNKNOWN": 1})
         metrics.set_instances({"RUNNING": 4})
 
         assert value(metrics, "healer_instances", state="RUNNING") == 4
-        assert value(metrics, "healer_instances", state="WEIRD_NEW_STATE") == 0
+        assert value(metrics, "healer_instances", state="UNKNOWN") == 0
+
+    def test_states_healer_does_not_know_are_counted_as_other_never_as_their_own_label(
+        self,
+    ) -> None:
+        # A label value from remote data would let CloudPilot grow the series without bound.
+        metrics = HealerMetrics()
+
+        metrics.set_instances({"RUNNING": 5, "REBOOTING": 2, "weird-42": 1})
+        first = value(metrics, "healer_instances", state="OTHER")
+        metrics.set_instances({"RUNNING": 5})
+
+        assert first == 3
+        assert value(metrics, "healer_instances", state="OTHER") == 0
+        exposed = metrics.render()[0].decode()
+        assert "REBOOTING" not in exposed and "weird-42" not in exposed
 
     def test_fleet_values_left_out_keep_their_last_value(self) -> None:
         metrics = HealerMetrics()

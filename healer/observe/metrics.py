@@ -67,6 +67,9 @@ CYCLE_RESULTS: tuple[str, ...] = ("ok", "skipped", "error")
 #: The ``reason`` label of a decision that is not a refusal.
 NO_REASON = "none"
 
+#: The ``state`` label of instances in a state healer does not know.
+OTHER_STATE = "OTHER"
+
 # A sweep is one pass over every enrolled app: sub-second for a handful, minutes for 10,000.
 SWEEP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # One CloudPilot call on a loopback simulator takes milliseconds, on a slow API seconds.
@@ -281,12 +284,20 @@ class HealerMetrics:
         self.heal_duration.labels(policy=policy, action=action).observe(seconds)
 
     def set_instances(self, counts: Mapping[str, int]) -> None:
-        """Instances by state across enrolled apps; states not in ``counts`` go to 0."""
-        for state in self._states_seen - set(counts):
-            self.instances.labels(state=state).set(0)
+        """Instances by state across enrolled apps; states not in ``counts`` go to 0.
+
+        A state CloudPilot reports that healer does not know is counted as
+        ``OTHER``: label values come from a fixed set, never from remote data.
+        """
+        folded: dict[str, int] = {}
         for state, n in counts.items():
+            label = state if state in KNOWN_STATES else OTHER_STATE
+            folded[label] = folded.get(label, 0) + n
+        for state in self._states_seen - set(folded):
+            self.instances.labels(state=state).set(0)
+        for state, n in folded.items():
             self.instances.labels(state=state).set(n)
-        self._states_seen |= set(counts)
+        self._states_seen |= set(folded)
 
     def set_fleet(
         self,
