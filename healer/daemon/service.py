@@ -67,6 +67,8 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._sweeping = asyncio.Lock()
         self._sweeps_done = 0
+        #: The errors of the last failed policy reload, logged once; empty once one succeeds.
+        self._reload_errors: list[str] = []
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -270,16 +272,21 @@ class Daemon:
         if not loaded.ok:
             # Keep the last good set running: a half-saved file must not change behaviour.
             self.metrics.observe_policy_load(False)
-            log.error(
-                "policy_reload_failed",
-                errors=[str(e) for e in loaded.errors][:20],
-                kept=len(self.engine.policies),
-            )
+            errors = [str(e) for e in loaded.errors]
+            if errors != self._reload_errors:
+                # Once per new set of errors; the metrics say it every scrape meanwhile.
+                log.error(
+                    "policy_reload_failed", errors=errors[:20], kept=len(self.engine.policies)
+                )
+                self._reload_errors = errors
             return
         self.metrics.observe_policy_load(True, len(loaded.policies))
         if loaded.digest != before:
             self.engine.policies = list(loaded.policies)
             log.info("policies_reloaded", policies=len(loaded.policies))
+        elif self._reload_errors:
+            log.info("policies_recovered", policies=len(loaded.policies), changed=False)
+        self._reload_errors = []
 
     async def _reload_enrollment(self) -> None:
         try:

@@ -374,13 +374,8 @@ class PolicyDirectory:
         result = load_directory(self.path)
         self.last = result
         if not result.ok:
-            log.warning(
-                "policies_rejected",
-                path=str(self.path),
-                errors=len(result.errors),
-                first_error=str(result.errors[0]),
-                kept=len(self.policies),
-            )
+            # Said by the caller, which knows whether this is news (the daemon logs
+            # `policy_reload_failed` once per new set of errors).
             return result
         if result.digest != self.digest:
             log.info("policies_loaded", path=str(self.path), policies=len(result.policies))
