@@ -202,7 +202,7 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
 
     from pydantic_settings import SettingsError
     from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     data: dict[str, Any] = {}
     where = str(path) if path else "<defaults>"
@@ -216,6 +216,12 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
             raise ConfigError(msg) from None
         try:
             loaded = YAML(typ="safe").load(text)
+        except MarkedYAMLError as exc:
+            # file:line:col and what the parser saw, without ruamel's own help text.
+            mark = exc.problem_mark or exc.context_mark
+            at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+            what = exc.problem or exc.context or "cannot parse"
+            raise ConfigError(f"{at}: not valid YAML: {what}") from None
         except YAMLError as exc:
             raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
         if loaded is None:
@@ -243,7 +249,13 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
         raise ConfigError(msg) from None
     except ValidationError as exc:
         lines = [f"{where}: invalid configuration:"]
+        env = {n.upper(): n for n in os.environ}
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {key}: {err['msg']}")
+            # A value from the environment overrides the file's: name the variable to fix.
+            parts = [str(p).upper() for p in err["loc"]]
+            names = ["HEALER_" + "__".join(parts[:n]) for n in range(len(parts), 0, -1)]
+            source = next((env[n] for n in names if n in env), None)
+            origin = f" (from the environment: {source})" if source else ""
+            lines.append(f"  {key}: {err['msg']}{origin}")
         raise ConfigError("\n".join(lines)) from exc

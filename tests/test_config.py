@@ -216,3 +216,28 @@ def test_an_admin_token_source_that_yields_nothing_is_an_error_naming_it(
 
 def test_no_admin_token_source_at_all_leaves_the_admin_api_off(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "poll_interval: 10s\n")).http.resolved_admin_token() is None
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEALER_POLL_INTERVAL", "fast")
+    path = write(tmp_path, "poll_interval: 10s\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert "poll_interval: " in str(info.value)
+    assert "(from the environment: HEALER_POLL_INTERVAL)" in str(info.value)
+
+
+def test_a_yaml_syntax_error_in_the_configuration_says_file_line_and_column(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "poll_interval: 10s\nguard: {max_in_flight: 2\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert str(info.value).startswith(f"{path}:3:1: not valid YAML: ")
+    assert "http" not in str(info.value)
