@@ -75,8 +75,11 @@ class EnrollmentConfig(Strict):
             except UnicodeDecodeError as exc:
                 at = data[: exc.start].count(b"\n") + 1
                 raise OSError(f"{path}:{at}: not UTF-8 text") from None
-            for line in text.splitlines():
+            for n, line in enumerate(text.splitlines(), 1):
                 line = line.split("#", 1)[0].strip()
+                if any(c.isspace() for c in line):
+                    # Two ids on a line, or one with a space in it: either way a typo.
+                    raise OSError(f"{path}:{n}: {line!r} is not one app id (one id a line)")
                 if line:
                     ids.append(line)
         return list(dict.fromkeys(ids)), size

@@ -241,3 +241,12 @@ def test_a_yaml_syntax_error_in_the_configuration_says_file_line_and_column(
 
     assert str(info.value).startswith(f"{path}:3:1: not valid YAML: ")
     assert "http" not in str(info.value)
+
+
+def test_an_apps_file_line_with_two_words_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    apps = tmp_path / "apps.txt"
+    apps.write_text("app-1\napp 0003 with spaces\n", encoding="utf-8")
+    config = load_config(write(tmp_path, f"enrollment: {{apps_file: '{apps}'}}\n"))
+
+    with pytest.raises(OSError, match=r"apps\.txt:2: 'app 0003 with spaces' is not one app id"):
+        config.enrollment.read()

@@ -424,6 +424,10 @@ async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_
                 assert paused.status_code == 200, paused.text
                 assert paused.json()["paused"] == app_id
                 assert await metric(daemon.http_port, "healer_paused", scope="app") == 1
+                listed = (await api.get("/v1/pauses")).json()["pauses"]
+                assert [(p["app_id"], p["scope"], p["who"], p["why"]) for p in listed] == [
+                    (app_id, "app", "alice", "e2e test")
+                ]
 
                 sim.inject_fault("unknown", app_id, iid)
 
@@ -446,6 +450,7 @@ async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_
                     lambda: sim.report()["instances_healed"] == 1, "healing after resume"
                 )
                 assert await metric(daemon.http_port, "healer_paused", scope="app") == 0
+                assert (await api.get("/v1/pauses")).json() == {"pauses": []}
 
         report = sim.report()
         assert report["actions"] == {"restart": {"success": 1}}

@@ -335,14 +335,15 @@ class TestCaseFiles:
         case.write_text(
             "name: number\n"
             + CASE_POLICY
-            + "steps:\n  - at: 0s\n    apps: {a: {instances: {a.1: 5}}}\n    expect: {}\n"
+            + "steps:\n  - at: 0s\n    apps: {a: {instances: {a.1: 5}}}\n    expect: {only: true}\n"
         )
 
         code = main(["test", str(case)])
 
         assert code == 1
         out = capsys.readouterr().out
-        assert "case error: app a: instance a.1: expected a mapping of fields, got int" in out
+        assert f"{case}:" in out
+        assert "app a: instance a.1: expected a mapping of fields, got int" in out
 
     def test_an_instance_status_the_api_does_not_know_is_accepted(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

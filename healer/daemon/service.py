@@ -387,6 +387,21 @@ class Daemon:
         await self._refresh_pause_metrics()
         return {"paused": app_id or "*", "id": pause_id, "until": until.isoformat()}
 
+    async def pauses(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return [
+            {
+                "id": r.id,
+                "app_id": r.app_id,
+                "scope": "app" if r.app_id is not None else "global",
+                "who": r.who,
+                "why": r.why,
+                "created_at": r.created_at.isoformat(),
+                "until": r.until.isoformat() if r.until is not None else None,
+            }
+            for r in await self.store.active_pauses(datetime.now(UTC))
+        ]
+
     async def resume(self, app_id: str | None, who: str) -> dict[str, Any]:
         assert self.store is not None
         removed = await self.store.remove_pause(app_id, who)

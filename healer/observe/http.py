@@ -1,7 +1,7 @@
 """healer's one HTTP server: metrics, health, status, the ledger and the admin API.
 
 Reads (``/metrics``, ``/healthz``, ``/readyz``, ``/v1/status``,
-``/v1/actions``, ``GET /v1/silences``) are open, like any exporter's. Writes
+``/v1/actions``, ``GET /v1/pauses``, ``GET /v1/silences``) are open, like any exporter's. Writes
 (``/v1/pause``, ``/v1/resume``, ``/v1/policies/{name}/resume``,
 ``POST /v1/silences``, ``DELETE /v1/silences/{id}``) need the admin bearer
 token; without one configured they are switched off (403), never open.
@@ -53,6 +53,8 @@ class Backend(Protocol):
     async def pause(
         self, app_id: str | None, who: str, why: str, until: datetime
     ) -> dict[str, Any]: ...
+
+    async def pauses(self) -> list[dict[str, Any]]: ...
 
     async def resume(self, app_id: str | None, who: str) -> dict[str, Any]: ...
 
@@ -260,6 +262,9 @@ def build_http_app(
         log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
         return JSONResponse(result)
 
+    async def list_pauses(request: Request) -> Response:
+        return JSONResponse({"pauses": await backend.pauses()})
+
     async def resume(request: Request) -> Response:
         body = await admin_body(request, ResumeRequest)
         if isinstance(body, Response):
@@ -330,6 +335,7 @@ def build_http_app(
         Route("/v1/status", guarded(status)),
         Route("/v1/actions", guarded(actions)),
         Route("/v1/pause", guarded(pause), methods=["POST"]),
+        Route("/v1/pauses", guarded(list_pauses), methods=["GET"]),
         Route("/v1/resume", guarded(resume), methods=["POST"]),
         Route("/v1/policies/{name}/resume", guarded(resume_policy), methods=["POST"]),
         Route("/v1/silences", guarded(add_silence), methods=["POST"]),
