@@ -178,6 +178,20 @@ async def ready(daemon: Daemon) -> None:
     await eventually(daemon.ready, "a first complete sweep")
 
 
+@contextlib.asynccontextmanager
+async def one_healable_app(
+    store_url: str, policy_dir: Path
+) -> AsyncIterator[tuple[RunningSimulator, Simulator, str, str, Daemon]]:
+    """A ready daemon over a small fleet, and one app and instance of it that healer may act on."""
+    with simulated(6, seed=3, speed=5) as served:
+        sim = served.sim
+        app_id = healable_app(sim)
+        iid = plain_instance(sim, app_id)
+        async with running(healer_config(served, store_url, policy_dir)) as daemon:
+            await ready(daemon)
+            yield served, sim, app_id, iid, daemon
+
+
 async def metric(port: int | None, name: str, **labels: str) -> float:
     """One sample from healer's /metrics, read over HTTP; 0 when the series is absent."""
     async with httpx.AsyncClient() as http:
@@ -282,50 +296,45 @@ OUTAGE_SECONDS = 20.0
 async def test_during_an_api_outage_nothing_is_done_and_healing_resumes_after_it(
     store_url: str, policy_dir: Path
 ) -> None:
-    with simulated(6, seed=3, speed=5) as served:
-        sim = served.sim
-        app_id = healable_app(sim)
-        iid = plain_instance(sim, app_id)
-        async with running(healer_config(served, store_url, policy_dir)) as daemon:
-            await ready(daemon)
-            store = daemon.store
-            assert store is not None
-            failed_before = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
+    async with one_healable_app(store_url, policy_dir) as (served, sim, app_id, iid, daemon):
+        store = daemon.store
+        assert store is not None
+        failed_before = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
 
-            async with httpx.AsyncClient(base_url=served.base_url) as sim_api:
-                r = await sim_api.put("/sim/api-faults", json={"error_rate": 1.0})
-                assert r.status_code == 200
-                sim.inject_fault("unknown", app_id, iid)
-                # The fault's `for` (2 s) passes many times over while CloudPilot answers 503.
-                await asyncio.sleep(OUTAGE_SECONDS)
-                during = action_requests(sim)
-                ledger_during = await store.actions(limit=1000)
-                skipped = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
-                r = await sim_api.put("/sim/api-faults", json={"error_rate": 0.0})
-                assert r.status_code == 200
+        async with httpx.AsyncClient(base_url=served.base_url) as sim_api:
+            r = await sim_api.put("/sim/api-faults", json={"error_rate": 1.0})
+            assert r.status_code == 200
+            sim.inject_fault("unknown", app_id, iid)
+            # The fault's `for` (2 s) passes many times over while CloudPilot answers 503.
+            await asyncio.sleep(OUTAGE_SECONDS)
+            during = action_requests(sim)
+            ledger_during = await store.actions(limit=1000)
+            skipped = await metric(daemon.http_port, "healer_cycles_total", result="skipped")
+            r = await sim_api.put("/sim/api-faults", json={"error_rate": 0.0})
+            assert r.status_code == 200
 
-            assert during == 0
-            assert ledger_during == []
-            assert sim.state_of(app_id, iid) == "UNKNOWN"
-            # healer did look, and saw the outage: its cycles were skipped.
-            assert skipped - failed_before >= 6
+        assert during == 0
+        assert ledger_during == []
+        assert sim.state_of(app_id, iid) == "UNKNOWN"
+        # healer did look, and saw the outage: its cycles were skipped.
+        assert skipped - failed_before >= 6
 
-            await eventually(
-                lambda: sim.report()["instances_healed"] == 1, "the fault healed after the outage"
-            )
+        await eventually(
+            lambda: sim.report()["instances_healed"] == 1, "the fault healed after the outage"
+        )
 
-            async def recorded_healed() -> bool:
-                rows = await store.actions(app_id=app_id, outcome="healed")
-                return len(rows) == 1
+        async def recorded_healed() -> bool:
+            rows = await store.actions(app_id=app_id, outcome="healed")
+            return len(rows) == 1
 
-            await eventually(recorded_healed, "the ledger to record the heal")
-            ledger = await store.actions(limit=1000)
+        await eventually(recorded_healed, "the ledger to record the heal")
+        ledger = await store.actions(limit=1000)
 
-        assert [(r.app_id, r.instance_id, r.action) for r in ledger] == [(app_id, iid, "restart")]
-        report = sim.report()
-        assert report["actions"] == {"restart": {"success": 1}}
-        assert report["unsafe_count"] == 0
-        assert sim.state_of(app_id, iid) == "RUNNING"
+    assert [(r.app_id, r.instance_id, r.action) for r in ledger] == [(app_id, iid, "restart")]
+    report = sim.report()
+    assert report["actions"] == {"restart": {"success": 1}}
+    assert report["unsafe_count"] == 0
+    assert sim.state_of(app_id, iid) == "RUNNING"
 
 
 # -- a broken policy file saved while running --------------------------------------------------
@@ -334,59 +343,54 @@ async def test_during_an_api_outage_nothing_is_done_and_healing_resumes_after_it
 async def test_a_broken_policy_file_keeps_the_last_good_set_healing_and_says_so(
     store_url: str, policy_dir: Path
 ) -> None:
-    with simulated(6, seed=3, speed=5) as served:
-        sim = served.sim
-        app_id = healable_app(sim)
-        iid = plain_instance(sim, app_id)
-        async with running(healer_config(served, store_url, policy_dir)) as daemon:
-            await ready(daemon)
-            port = daemon.http_port
+    async with one_healable_app(store_url, policy_dir) as (_, sim, app_id, iid, daemon):
+        port = daemon.http_port
+        assert await metric(port, "healer_policies_loaded") == 2
+        with structlog.testing.capture_logs() as logs:
+            # Half-saved: the file that heals UNKNOWN instances loses its action.
+            (policy_dir / "restart-unknown.yaml").write_text(
+                "name: restart-unknown\nwhen:\n  status: [UNKNOWN]\n  for: 2s\n",
+                encoding="utf-8",
+            )
+
+            async def reload_failed() -> bool:
+                return await metric(port, "healer_policy_reload_errors_total") > 0
+
+            await eventually(reload_failed, "a failed reload in the metrics")
+            sim.inject_fault("unknown", app_id, iid)
+            await eventually(
+                lambda: sim.report()["instances_healed"] == 1,
+                "the last good restart-unknown to heal the fault",
+            )
+            assert await metric(port, "healer_policy_last_reload_successful") == 0
             assert await metric(port, "healer_policies_loaded") == 2
-            with structlog.testing.capture_logs() as logs:
-                # Half-saved: the file that heals UNKNOWN instances loses its action.
-                (policy_dir / "restart-unknown.yaml").write_text(
-                    "name: restart-unknown\nwhen:\n  status: [UNKNOWN]\n  for: 2s\n",
-                    encoding="utf-8",
-                )
+            reloads_failed = await metric(port, "healer_policy_reload_errors_total")
 
-                async def reload_failed() -> bool:
-                    return await metric(port, "healer_policy_reload_errors_total") > 0
+            # Saved again as it was: the same set as before, and said so once.
+            (policy_dir / "restart-unknown.yaml").write_text(
+                FAST_POLICIES["restart-unknown.yaml"].lstrip(), encoding="utf-8"
+            )
 
-                await eventually(reload_failed, "a failed reload in the metrics")
-                sim.inject_fault("unknown", app_id, iid)
-                await eventually(
-                    lambda: sim.report()["instances_healed"] == 1,
-                    "the last good restart-unknown to heal the fault",
-                )
-                assert await metric(port, "healer_policy_last_reload_successful") == 0
-                assert await metric(port, "healer_policies_loaded") == 2
-                reloads_failed = await metric(port, "healer_policy_reload_errors_total")
+            async def reload_ok() -> bool:
+                return await metric(port, "healer_policy_last_reload_successful") == 1
 
-                # Saved again as it was: the same set as before, and said so once.
-                (policy_dir / "restart-unknown.yaml").write_text(
-                    FAST_POLICIES["restart-unknown.yaml"].lstrip(), encoding="utf-8"
-                )
+            await eventually(reload_ok, "a good reload once the file is whole again")
+        assert daemon.engine is not None
+        assert sorted(p.name for p in daemon.engine.policies) == [
+            "restart-process-down",
+            "restart-unknown",
+        ]
+        store = daemon.store
+        assert store is not None
+        ledger = await store.actions(limit=1000)
 
-                async def reload_ok() -> bool:
-                    return await metric(port, "healer_policy_last_reload_successful") == 1
-
-                await eventually(reload_ok, "a good reload once the file is whole again")
-            assert daemon.engine is not None
-            assert sorted(p.name for p in daemon.engine.policies) == [
-                "restart-process-down",
-                "restart-unknown",
-            ]
-            store = daemon.store
-            assert store is not None
-            ledger = await store.actions(limit=1000)
-
-        failures = [e for e in logs if e["event"] == "policy_reload_failed"]
-        # Logged once for the one broken save, however many reloads met it.
-        assert len(failures) == 1 < reloads_failed, [e["event"] for e in logs]
-        assert "restart-unknown.yaml" in " ".join(failures[0]["errors"])
-        assert [e["changed"] for e in logs if e["event"] == "policies_recovered"] == [False]
-        assert [(r.policy, r.instance_id) for r in ledger] == [("restart-unknown", iid)]
-        assert sim.report()["unsafe_count"] == 0
+    failures = [e for e in logs if e["event"] == "policy_reload_failed"]
+    # Logged once for the one broken save, however many reloads met it.
+    assert len(failures) == 1 < reloads_failed, [e["event"] for e in logs]
+    assert "restart-unknown.yaml" in " ".join(failures[0]["errors"])
+    assert [e["changed"] for e in logs if e["event"] == "policies_recovered"] == [False]
+    assert [(r.policy, r.instance_id) for r in ledger] == [("restart-unknown", iid)]
+    assert sim.report()["unsafe_count"] == 0
 
 
 # -- the admin API ------------------------------------------------------------------------------
@@ -395,66 +399,57 @@ async def test_a_broken_policy_file_keeps_the_last_good_set_healing_and_says_so(
 async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_resumed(
     store_url: str, policy_dir: Path
 ) -> None:
-    with simulated(6, seed=3, speed=5) as served:
-        sim = served.sim
-        app_id = healable_app(sim)
-        iid = plain_instance(sim, app_id)
-        async with running(healer_config(served, store_url, policy_dir)) as daemon:
-            await ready(daemon)
-            store = daemon.store
-            assert store is not None
-            body = {"app_id": app_id, "who": "alice", "why": "e2e test", "for": "10m"}
-            good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
-                no_token = await api.post("/v1/pause", json=body)
-                wrong = await api.post(
-                    "/v1/pause", json=body, headers={"Authorization": "Bearer nope"}
-                )
-                not_bearer = await api.post(
-                    "/v1/pause", json=body, headers={"Authorization": ADMIN_TOKEN}
-                )
-                assert (no_token.status_code, wrong.status_code, not_bearer.status_code) == (
-                    401,
-                    401,
-                    401,
-                )
-                assert await store.active_pauses(_now()) == []
+    async with one_healable_app(store_url, policy_dir) as (_, sim, app_id, iid, daemon):
+        store = daemon.store
+        assert store is not None
+        body = {"app_id": app_id, "who": "alice", "why": "e2e test", "for": "10m"}
+        good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
+            no_token = await api.post("/v1/pause", json=body)
+            wrong = await api.post("/v1/pause", json=body, headers={"Authorization": "Bearer nope"})
+            not_bearer = await api.post(
+                "/v1/pause", json=body, headers={"Authorization": ADMIN_TOKEN}
+            )
+            assert (no_token.status_code, wrong.status_code, not_bearer.status_code) == (
+                401,
+                401,
+                401,
+            )
+            assert await store.active_pauses(_now()) == []
 
-                paused = await api.post("/v1/pause", json=body, headers=good)
-                assert paused.status_code == 200, paused.text
-                assert paused.json()["paused"] == app_id
-                assert await metric(daemon.http_port, "healer_paused", scope="app") == 1
-                listed = (await api.get("/v1/pauses")).json()["pauses"]
-                assert [(p["app_id"], p["scope"], p["who"], p["why"]) for p in listed] == [
-                    (app_id, "app", "alice", "e2e test")
-                ]
+            paused = await api.post("/v1/pause", json=body, headers=good)
+            assert paused.status_code == 200, paused.text
+            assert paused.json()["paused"] == app_id
+            assert await metric(daemon.http_port, "healer_paused", scope="app") == 1
+            listed = (await api.get("/v1/pauses")).json()["pauses"]
+            assert [(p["app_id"], p["scope"], p["who"], p["why"]) for p in listed] == [
+                (app_id, "app", "alice", "e2e test")
+            ]
 
-                sim.inject_fault("unknown", app_id, iid)
+            sim.inject_fault("unknown", app_id, iid)
 
-                async def refused_paused() -> bool:
-                    rows = await store.decisions(app_id=app_id, decision="refused")
-                    return any(r.reason == "paused" for r in rows)
+            async def refused_paused() -> bool:
+                rows = await store.decisions(app_id=app_id, decision="refused")
+                return any(r.reason == "paused" for r in rows)
 
-                await eventually(refused_paused, "a `paused` refusal for the paused app")
-                assert action_requests(sim) == 0
-                assert sim.state_of(app_id, iid) == "UNKNOWN"
+            await eventually(refused_paused, "a `paused` refusal for the paused app")
+            assert action_requests(sim) == 0
+            assert sim.state_of(app_id, iid) == "UNKNOWN"
 
-                resume_no_token = await api.post("/v1/resume", json={"app_id": app_id, "who": "a"})
-                assert resume_no_token.status_code == 401
-                resumed = await api.post(
-                    "/v1/resume", json={"app_id": app_id, "who": "alice"}, headers=good
-                )
-                assert resumed.status_code == 200, resumed.text
-                assert resumed.json()["pauses_removed"] == 1
-                await eventually(
-                    lambda: sim.report()["instances_healed"] == 1, "healing after resume"
-                )
-                assert await metric(daemon.http_port, "healer_paused", scope="app") == 0
-                assert (await api.get("/v1/pauses")).json() == {"pauses": []}
+            resume_no_token = await api.post("/v1/resume", json={"app_id": app_id, "who": "a"})
+            assert resume_no_token.status_code == 401
+            resumed = await api.post(
+                "/v1/resume", json={"app_id": app_id, "who": "alice"}, headers=good
+            )
+            assert resumed.status_code == 200, resumed.text
+            assert resumed.json()["pauses_removed"] == 1
+            await eventually(lambda: sim.report()["instances_healed"] == 1, "healing after resume")
+            assert await metric(daemon.http_port, "healer_paused", scope="app") == 0
+            assert (await api.get("/v1/pauses")).json() == {"pauses": []}
 
-        report = sim.report()
-        assert report["actions"] == {"restart": {"success": 1}}
-        assert report["unsafe_count"] == 0
+    report = sim.report()
+    assert report["actions"] == {"restart": {"success": 1}}
+    assert report["unsafe_count"] == 0
 
 
 @pytest.mark.parametrize(
@@ -486,55 +481,50 @@ async def test_a_bad_pause_body_is_refused_with_422_naming_the_field(
 async def test_a_silence_set_over_http_refuses_the_apps_its_policy_selector_matches(
     store_url: str, policy_dir: Path
 ) -> None:
-    with simulated(6, seed=3, speed=5) as served:
-        sim = served.sim
-        app_id = healable_app(sim)
-        iid = plain_instance(sim, app_id)
-        async with running(healer_config(served, store_url, policy_dir)) as daemon:
-            await ready(daemon)
-            store = daemon.store
-            assert store is not None
-            select = {"app_id": [app_id], "exclude": {"cluster": ["no-such-cluster-*"]}}
-            body = {"select": select, "who": "alice", "why": "e2e deploy", "for": "10m"}
-            good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
-                no_token = await api.post("/v1/silences", json=body)
-                bad = await api.post(
-                    "/v1/silences", json={**body, "select": {"prodcut": "x"}}, headers=good
-                )
-                assert (no_token.status_code, bad.status_code) == (401, 422)
-                assert "select.prodcut" in [f["field"] for f in bad.json()["fields"]]
-                assert await store.active_silences(_now()) == []
+    async with one_healable_app(store_url, policy_dir) as (_, sim, app_id, iid, daemon):
+        store = daemon.store
+        assert store is not None
+        select = {"app_id": [app_id], "exclude": {"cluster": ["no-such-cluster-*"]}}
+        body = {"select": select, "who": "alice", "why": "e2e deploy", "for": "10m"}
+        good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http_port}") as api:
+            no_token = await api.post("/v1/silences", json=body)
+            bad = await api.post(
+                "/v1/silences", json={**body, "select": {"prodcut": "x"}}, headers=good
+            )
+            assert (no_token.status_code, bad.status_code) == (401, 422)
+            assert "select.prodcut" in [f["field"] for f in bad.json()["fields"]]
+            assert await store.active_silences(_now()) == []
 
-                added = await api.post("/v1/silences", json=body, headers=good)
-                assert added.status_code == 200, added.text
-                silence_id = added.json()["id"]
-                listed = (await api.get("/v1/silences")).json()["silences"]
-                assert [(s["id"], s["select"]) for s in listed] == [(silence_id, select)]
+            added = await api.post("/v1/silences", json=body, headers=good)
+            assert added.status_code == 200, added.text
+            silence_id = added.json()["id"]
+            listed = (await api.get("/v1/silences")).json()["silences"]
+            assert [(s["id"], s["select"]) for s in listed] == [(silence_id, select)]
 
-                sim.inject_fault("unknown", app_id, iid)
+            sim.inject_fault("unknown", app_id, iid)
 
-                async def refused_silenced() -> bool:
-                    rows = await store.decisions(app_id=app_id, decision="refused")
-                    return any(r.reason == "silenced" for r in rows)
+            async def refused_silenced() -> bool:
+                rows = await store.decisions(app_id=app_id, decision="refused")
+                return any(r.reason == "silenced" for r in rows)
 
-                await eventually(refused_silenced, "a `silenced` refusal for the silenced app")
-                assert action_requests(sim) == 0
-                assert sim.state_of(app_id, iid) == "UNKNOWN"
+            await eventually(refused_silenced, "a `silenced` refusal for the silenced app")
+            assert action_requests(sim) == 0
+            assert sim.state_of(app_id, iid) == "UNKNOWN"
 
-                path = f"/v1/silences/{silence_id}"
-                no_token = await api.request("DELETE", path, json={"who": "alice"})
-                assert no_token.status_code == 401
-                removed = await api.request("DELETE", path, json={"who": "alice"}, headers=good)
-                assert removed.status_code == 200, removed.text
-                assert (await api.get("/v1/silences")).json() == {"silences": []}
-                await eventually(
-                    lambda: sim.report()["instances_healed"] == 1, "healing once unsilenced"
-                )
+            path = f"/v1/silences/{silence_id}"
+            no_token = await api.request("DELETE", path, json={"who": "alice"})
+            assert no_token.status_code == 401
+            removed = await api.request("DELETE", path, json={"who": "alice"}, headers=good)
+            assert removed.status_code == 200, removed.text
+            assert (await api.get("/v1/silences")).json() == {"silences": []}
+            await eventually(
+                lambda: sim.report()["instances_healed"] == 1, "healing once unsilenced"
+            )
 
-        report = sim.report()
-        assert report["actions"] == {"restart": {"success": 1}}
-        assert report["unsafe_count"] == 0
+    report = sim.report()
+    assert report["actions"] == {"restart": {"success": 1}}
+    assert report["unsafe_count"] == 0
 
 
 # -- the read endpoints -------------------------------------------------------------------------
