@@ -139,6 +139,9 @@ async def test_a_naive_until_is_read_in_the_silence_time_zone(
         (body(select={"product": []}), "select.product"),
         (body(select={"exclude": {"module": ""}}), "select.exclude.module.0"),
         (body(select="search"), "select"),
+        # A null once widened the silence to every app.
+        (body(select={"app_id": None}), "select.app_id"),
+        (body(select={"exclude": None}), "select.exclude"),
         (body(who=""), "who"),
         (body(**{"for": "soon"}), "for"),
         (body(**{"for": "8d"}), "for"),

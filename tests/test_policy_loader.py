@@ -130,6 +130,11 @@ EXPECTED: dict[str, list[str]] = {
         f"3:13: unknown key 'app' in 'select.exclude'; expected one of: {SELECTOR_KEYS}"
     ],
     "event_empty_level.yaml": ["5:12: when.event.level: must not be empty"],
+    # Read as "absent", each would widen the policy: every app, and no per-cycle limit.
+    "null_values.yaml": [
+        "3:11: select.app_id: a key without a value is not allowed; leave the key out instead",
+        "6:21: limits.per_cycle: a key without a value is not allowed; leave the key out instead",
+    ],
 }
 
 

@@ -42,6 +42,7 @@ from pydantic import (
     Field,
     Tag,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -114,9 +115,24 @@ Share = Annotated[
 
 
 class Strict(BaseModel):
-    """Base of every policy model: unknown keys are errors; values never change after loading."""
+    """Base of every policy model: unknown keys are errors; values never change after loading.
+
+    A key written with no value (``app_id: ~``) is an error too. Read as "absent",
+    it would widen what the key narrows: a selector of every app, a condition that
+    always holds, a limit that is gone.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, value: Any) -> Any:
+        # Runs only for keys that were written: a key left out still takes its default.
+        if value is None:
+            raise PydanticCustomError(
+                "null_value", "a key without a value is not allowed; leave the key out instead"
+            )
+        return value
 
 
 # --- conditions ---------------------------------------------------------------------------------
