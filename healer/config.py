@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from healer.cloudpilot.config import ClientConfig
+from healer.files import read_bounded
 from healer.guard.config import GuardConfig
 from healer.policy.durations import Duration
 
@@ -57,9 +58,6 @@ class EnrollmentConfig(Strict):
         not UTF-8 text. The size tells a file truncated to nothing (0 bytes,
         e.g. caught mid-write) from one that lists no app on purpose.
         """
-        # Local import: config sits below the policy package; the bounded reader lives there.
-        from healer.policy.loader import read_bounded
-
         # An apps file is one id a line; anything larger is not one (and is not read whole).
         max_bytes = 4 * 1024 * 1024
         ids = list(self.apps)
@@ -120,17 +118,25 @@ class HttpConfig(Strict):
         elif self.admin_token_file is not None:
             where = f"http.admin_token_file: {self.admin_token_file}"
             try:
-                token = self.admin_token_file.read_text(encoding="utf-8")
+                # Bounded, and never a FIFO or a device: start-up must not hang or fill memory.
+                data = read_bounded(self.admin_token_file, 4096)
+                token = data.decode("utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{where}: cannot read: {exc}") from None
-        elif self.admin_token_env:
-            token = os.environ.get(self.admin_token_env, "")
-            where = f"http.admin_token_env: {self.admin_token_env}"
+            if len(data) >= 4096:
+                raise ValueError(f"{where}: larger than a token (4 KiB or more)")
+        elif self.admin_token_env is not None:
+            token = os.environ.get(self.admin_token_env, "") if self.admin_token_env else ""
+            where = f"http.admin_token_env: {self.admin_token_env!r}"
         else:
             return None
-        if not token.strip():
+        token = token.strip()
+        if not token:
             raise ValueError(f"{where} is empty or unset")
-        return SecretStr(token.strip())
+        if any(c.isspace() for c in token):
+            # A second line or a space would be sent by nobody: every write would get 401.
+            raise ValueError(f"{where}: a token is one word; this one holds whitespace")
+        return SecretStr(token)
 
 
 class CacheConfig(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -196,6 +197,11 @@ def test_a_window_select_takes_the_policy_selector_and_names_a_bad_key(tmp_path:
         ("{admin_token_file: '{empty}'}", {}, "http.admin_token_file"),
         ("{admin_token_file: '{missing}'}", {}, "cannot read"),
         ("{admin_token: ''}", {}, "http.admin_token is empty"),
+        ("{admin_token_env: ''}", {}, "http.admin_token_env: '' is empty"),
+        ("{admin_token_file: '{two_lines}'}", {}, "a token is one word"),
+        ("{admin_token_file: /dev/zero}", {}, "not a regular file"),
+        ("{admin_token_file: '{fifo}'}", {}, "not a regular file"),
+        ("{admin_token_file: '{huge}'}", {}, "larger than a token"),
     ],
 )
 def test_an_admin_token_source_that_yields_nothing_is_an_error_naming_it(
@@ -207,7 +213,17 @@ def test_an_admin_token_source_that_yields_nothing_is_an_error_naming_it(
     monkeypatch.delenv("HEALER_TEST_NO_SUCH_TOKEN", raising=False)
     empty = tmp_path / "empty-token"
     empty.write_text("\n", encoding="utf-8")
-    http = http.replace("{empty}", str(empty)).replace("{missing}", str(tmp_path / "nope"))
+    (tmp_path / "two").write_text("tok\nsecond\n", encoding="utf-8")
+    (tmp_path / "huge").write_text("x" * 10_000, encoding="utf-8")
+    os.mkfifo(tmp_path / "fifo")
+    for name, target in {
+        "{empty}": empty,
+        "{missing}": tmp_path / "nope",
+        "{two_lines}": tmp_path / "two",
+        "{fifo}": tmp_path / "fifo",
+        "{huge}": tmp_path / "huge",
+    }.items():
+        http = http.replace(name, str(target))
     config = load_config(write(tmp_path, f"http: {http}\n"))
 
     with pytest.raises(ValueError, match=message):

@@ -31,12 +31,13 @@ BINARY = b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage"
 
 
 def daemon_for(tmp_path: Path, apps_file: Path, **settings: Any) -> Daemon:
-    config = HealerConfig(
-        policy_dir=ROOT / "policies",
-        enrollment=EnrollmentConfig(apps_file=apps_file),
-        store_url=f"sqlite:///{tmp_path / 'healer.db'}",
+    values: dict[str, Any] = {
+        "policy_dir": ROOT / "policies",
+        "enrollment": EnrollmentConfig(apps_file=apps_file),
+        "store_url": f"sqlite:///{tmp_path / 'healer.db'}",
         **settings,
-    )
+    }
+    config = HealerConfig(**values)
     return Daemon(config)
 
 
@@ -197,3 +198,16 @@ class TestAdminToken:
         finally:
             await daemon.stop()
             clear_secrets()
+
+
+class TestTheStoreAtStartUp:
+    @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+    async def test_an_in_memory_store_is_refused_it_would_forget_the_ledger(
+        self, tmp_path: Path, url: str
+    ) -> None:
+        apps = tmp_path / "apps.txt"
+        apps.write_text("app-1\n", encoding="utf-8")
+        daemon = daemon_for(tmp_path, apps, store_url=url)
+
+        with pytest.raises(StartupError, match="store_url: an in-memory SQLite store forgets"):
+            await daemon.start()

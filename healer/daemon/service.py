@@ -33,6 +33,8 @@ from healer.observe.metrics import HealerMetrics
 from healer.policy.loader import PolicyDirectory
 from healer.policy.model import Select
 from healer.store import Store
+from healer.store.errors import StoreConfigError
+from healer.store.store import normalize_url, sqlite_file
 
 log = structlog.get_logger("healer.daemon")
 
@@ -106,6 +108,17 @@ class Daemon:
         if not self.apps:
             log.warning("no_apps_enrolled")
 
+        # The ledger must outlive the process: it is what keeps a restarted healer from
+        # sending an action twice. An in-memory SQLite store would be empty after a restart.
+        try:
+            in_memory = normalize_url(cfg.store_url).get_backend_name() == "sqlite" and (
+                sqlite_file(cfg.store_url) is None
+            )
+        except StoreConfigError as exc:
+            raise StartupError(f"store_url: {exc}") from None
+        if in_memory:
+            msg = "store_url: an in-memory SQLite store forgets the ledger on restart; give a file"
+            raise StartupError(msg)
         try:
             self.store = await Store.open(cfg.store_url)
         except Exception as exc:

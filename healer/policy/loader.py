@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import stat
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from healer.files import NotRegularFile, read_bounded
 from healer.policy.model import Policy
 from healer.policy.yamlread import Document, Pos, find_tabs, read_documents
 
@@ -286,27 +285,6 @@ def _load_many(sources: Iterable[tuple[str, str | None, PolicyError | None]]) ->
 def load_text(text: str, filename: str) -> LoadResult:
     """Every policy in one file's text, or the errors, named ``filename``."""
     return _load_many([(filename, text, None)])
-
-
-class NotRegularFile(OSError):
-    """A path that names a FIFO, a device, a socket or a directory where a file was expected."""
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of a regular file, without ever blocking on anything else.
-
-    Raises ``NotRegularFile`` for a FIFO, a device (``/dev/zero``), a socket or
-    a directory, also behind a symlink: opening a FIFO for reading waits for a
-    writer, and a device can be read forever. The file is opened without
-    blocking and judged by ``fstat`` of what was opened, so a file swapped
-    between a check and the open cannot slip through. OSError otherwise.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(f"{path}: not a regular file")
-        return handle.read(limit + 1)
 
 
 def _read(path: Path) -> tuple[str, str | None, PolicyError | None]:
