@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -147,9 +148,19 @@ class CacheConfig(Strict):
     address_ttl: Duration = timedelta(minutes=10)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 class LogConfig(Strict):
     level: str = "info"
     json_lines: bool = Field(default=True, alias="json")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.lower() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {v!r}; use one of {', '.join(LOG_LEVELS)}")
+        return v.lower()
 
 
 class HealerConfig(BaseSettings):
@@ -225,6 +236,8 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
             raise ConfigError(msg) from None
         try:
             loaded = YAML(typ="safe").load(text)
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply to be a configuration") from None
         except MarkedYAMLError as exc:
             # file:line:col and what the parser saw, without ruamel's own help text.
             mark = exc.problem_mark or exc.context_mark
@@ -237,10 +250,15 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys")
+        odd = [k for k in loaded if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(f"{where}: key {odd[0]!r} must be text")
         data = loaded
     data.update(overrides)
     try:
         return HealerConfig(**data)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a configuration") from None
     except SettingsError as exc:
         # pydantic-settings reads a nested key's variable (HEALER_GUARD,
         # HEALER_ENROLLMENT__APPS) as JSON and names only the top-level field.

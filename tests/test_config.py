@@ -266,3 +266,21 @@ def test_an_apps_file_line_with_two_words_is_an_error_naming_the_line(tmp_path: 
 
     with pytest.raises(OSError, match=r"apps\.txt:2: 'app 0003 with spaces' is not one app id"):
         config.enrollment.read()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1: x\n", "key 1 must be text"),
+        ("? [a]\n: x\n", "must be text"),
+        ("poll_interval: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        ("log: {level: verbose}\n", "log.level: Value error, unknown log level 'verbose'"),
+    ],
+)
+def test_a_configuration_that_once_crashed_is_a_clear_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+
+    assert message in str(info.value)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from healer.cases.casefile import run_files
+from healer.config import LOG_LEVELS
 from healer.observe.logging import configure_logging
 
 
@@ -31,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the parent of a tests/ directory, else ./policies)",
     )
     parser.add_argument(
-        "--log-level", default="error", help="the engine's log level while cases run (error)"
+        "--log-level",
+        default="error",
+        choices=LOG_LEVELS,
+        help="the engine's log level while cases run (error)",
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from healer.cloudpilot.config import ClientConfig
-from healer.config import EnrollmentConfig, HealerConfig, HttpConfig, LogConfig
+from healer.config import LOG_LEVELS, EnrollmentConfig, HealerConfig, HttpConfig, LogConfig
 from healer.daemon.service import Daemon, StartupError
 from healer.observe.logging import configure_logging
 from healer.simulator import Simulator, serve_in_thread
@@ -77,7 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=Path, default=None, help="policy directory")
     parser.add_argument("--store", default=None, help="store URL (default: SQLite in a temp dir)")
     parser.add_argument("--quiet", action="store_true", help="no live status lines")
-    parser.add_argument("--log-level", default="warning", help="daemon log level (warning)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=LOG_LEVELS,
+        help="daemon log level (warning)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
