@@ -121,6 +121,31 @@ class TestHttpApi:
         assert r.status_code == 422, r.text
         assert [f["field"] for f in r.json()["fields"]] == [field]
 
+    @pytest.mark.parametrize(
+        ("method", "path", "status"),
+        [
+            ("DELETE", "/v1/silences/" + "5" * 5000, 404),
+            ("DELETE", "/v1/silences/-1", 404),
+            ("DELETE", "/v1/silences/abc", 404),
+            ("GET", "/v1/nothing-here", 404),
+            ("GET", "/v1/pause", 405),
+        ],
+    )
+    async def test_every_answer_is_json_even_the_routers_own(
+        self, api: httpx.AsyncClient, method: str, path: str, status: int
+    ) -> None:
+        r = await api.request(method, path, json={"who": "alice"})
+
+        assert r.status_code == status
+        assert r.headers["content-type"] == "application/json"
+        assert "error" in r.json()
+
+    async def test_a_blank_who_is_a_422(self, api: httpx.AsyncClient) -> None:
+        r = await api.post("/v1/pause", json=_pause_body(who="   ", **{"for": "1h"}))
+
+        assert r.status_code == 422
+        assert [f["field"] for f in r.json()["fields"]] == ["who"]
+
     async def test_a_deeply_nested_body_is_a_400_not_a_crash(self, api: httpx.AsyncClient) -> None:
         r = await api.post("/v1/pause", content="[" * 100_000)
 

@@ -427,6 +427,10 @@ async def test_a_fault_with_an_unknown_kind_or_target_is_refused(
         ({"kind": "unknown", "app_id": "api-1", "by_address": "yes"}, "by_address"),
         ({"app_id": "api-1"}, "kind"),
         (["unknown"], "body"),
+        ({"kind": "unknown", "app_id": "api-1", "instance_ids": ["api-1.0", "api-1.0"]}, "body"),
+        ({"kind": "unknown", "app_id": "api-1", "instance_id": "a", "instance_ids": ["b"]}, "body"),
+        ({"kind": "cluster_outage", "app_id": "api-1", "instance_ids": ["api-1.0"]}, "body"),
+        ({"kind": "cluster_outage", "cluster": "no-such-cluster"}, "no app runs"),
     ],
 )
 async def test_a_malformed_fault_body_is_a_400_naming_the_field_and_hits_nothing(

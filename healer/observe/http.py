@@ -10,7 +10,7 @@ token; without one configured they are switched off (403), never open.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -79,6 +80,14 @@ class WhoRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     who: str = Field(min_length=1, max_length=200)
+
+    @field_validator("who", "why", check_fields=False)
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        # Who and why are read by the next person on call: blanks tell them nothing.
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
 
 
 class ExpiringRequest(WhoRequest):
@@ -146,8 +155,10 @@ MAX_ID = 2**63 - 1
 OUTCOMES = tuple(o.value for o in Outcome)
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def build_http_app(
@@ -258,8 +269,8 @@ def build_http_app(
             # A mistyped app id must not look like a pause that took.
             field = [{"field": "app_id", "error": f"{body.app_id!r} is not an enrolled app"}]
             return _error(422, "invalid body", fields=field)
+        # Logged by the store as `pause_added`.
         result = await backend.pause(body.app_id, body.who, body.why, until)
-        log.info("paused", app_id=body.app_id or "*", who=body.who, until=until.isoformat())
         return JSONResponse(result)
 
     async def list_pauses(request: Request) -> Response:
@@ -306,11 +317,13 @@ def build_http_app(
         body = await admin_body(request, WhoRequest)
         if isinstance(body, Response):
             return body
-        silence_id = request.path_params["silence_id"]
+        text = request.path_params["silence_id"]
+        # Parsed here, not by the router: an id of thousands of digits is no silence, not a 500.
+        silence_id = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else 0
         # Logged by the store as `silence_removed`. An id past the store's integers is none.
-        removed = silence_id <= MAX_ID and await backend.remove_silence(silence_id, body.who)
+        removed = 0 < silence_id <= MAX_ID and await backend.remove_silence(silence_id, body.who)
         if not removed or not removed.get("removed"):
-            return _error(404, f"silence {silence_id} is not in force")
+            return _error(404, f"silence {text[:40]} is not in force")
         return JSONResponse(removed)
 
     def guarded(handler: Handler) -> Handler:
@@ -340,9 +353,15 @@ def build_http_app(
         Route("/v1/policies/{name}/resume", guarded(resume_policy), methods=["POST"]),
         Route("/v1/silences", guarded(add_silence), methods=["POST"]),
         Route("/v1/silences", guarded(list_silences), methods=["GET"]),
-        Route("/v1/silences/{silence_id:int}", guarded(remove_silence), methods=["DELETE"]),
+        Route("/v1/silences/{silence_id}", guarded(remove_silence), methods=["DELETE"]),
     ]
-    return Starlette(routes=routes)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # The router's own answers (404, 405) in JSON like every other answer.
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
 Handler = Callable[[Request], Awaitable[Response]]

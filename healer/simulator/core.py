@@ -650,6 +650,8 @@ class Simulator:
                     if app_id is None:
                         raise FaultError("cluster_outage needs a cluster or an app_id")
                     cluster = self._app_or_fault(app_id).cluster
+                if not any(a.cluster == cluster for a in self.apps.values()):
+                    raise FaultError(f"no app runs in cluster {cluster!r}")
                 return self._cluster_outage(cluster)
             if app_id is None:
                 raise FaultError(f"fault {kind!r} needs an app_id")

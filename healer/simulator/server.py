@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -283,6 +283,16 @@ class FaultRequest(BaseModel):
     cluster: str | None = None
     by_address: bool = False
 
+    @model_validator(mode="after")
+    def _one_target(self) -> FaultRequest:
+        if self.instance_id is not None and self.instance_ids is not None:
+            raise ValueError("give instance_id or instance_ids, not both")
+        if self.instance_ids is not None and len(set(self.instance_ids)) != len(self.instance_ids):
+            raise ValueError("instance_ids: an instance is named twice")
+        if self.kind == "cluster_outage" and (self.instance_id or self.instance_ids):
+            raise ValueError("cluster_outage hits a whole cluster: name a cluster or an app")
+        return self
+
 
 def _first_error(exc: ValidationError) -> str:
     """The first validation error as ``field: message`` (``body`` for the whole body)."""
@@ -336,9 +346,10 @@ def _control_routes(sim: Simulator) -> list[Route]:
     async def api_faults(request: Request) -> Response:
         if request.method == "PUT":
             try:
-                sim.api_faults = ApiFaults.model_validate(await request.json())
-            except (ValueError, ValidationError) as exc:
-                return _json({"message": str(exc)}, 400)
+                # Parsed by pydantic: no recursion limit to hit, and errors name the field.
+                sim.api_faults = ApiFaults.model_validate_json(await request.body())
+            except ValidationError as exc:
+                return _json({"message": _first_error(exc)}, 400)
             log.info("sim_api_faults_set", **sim.api_faults.model_dump(exclude_defaults=True))
         return _json(sim.api_faults.model_dump())
 
@@ -346,7 +357,7 @@ def _control_routes(sim: Simulator) -> list[Route]:
         if request.method == "PUT":
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 return _json({"message": "body is not JSON"}, 400)
             name = body.get("replica") if isinstance(body, dict) else None
             if name is not None and not isinstance(name, str):
