@@ -131,6 +131,31 @@ class TestReporting:
             (("at: 0s", "at: soon"), ":6:9: steps.0.at"),
             (("  - at: 0s", "  - at: 0s\n  - &x {at: 1s}\n  - *y"), "alias *y names no finished"),
             (("restart}\n", "restart}\n\tbad: tab\n"), ":5:1: YAML syntax error: found character"),
+            (("at: 0s", "at: 300000000000"), ":6:9: steps.0.at: Value error, expected a duration"),
+            (
+                ("        budget:", "        meta: {servce_level: 1}\n        budget:"),
+                ":9:16: app a: meta",
+            ),
+            (
+                ("        budget:", "        fail_calls: instance_info\n        budget:"),
+                ":9:9: app a: fail_calls: expected a list",
+            ),
+            (
+                ("a.0: {status: UNKNOWN}", "a.0: {status: [UNKNOWN]}"),
+                ":10:27: app a: instance a.0: status",
+            ),
+            (("      a:\n", "      <<: {}\n      a:\n"), ":8:7: merge keys (<<) are not supported"),
+            (
+                ("steps:", "config: {max_in_flihgt: 2}\nsteps:"),
+                ":5:10: config.max_in_flihgt: Extra",
+            ),
+            (
+                (
+                    "steps:",
+                    "ledger: [{app: a, instance: a.0, action: restart, policy: p, at: 5m}]\nsteps:",
+                ),
+                ":5:",
+            ),
         ],
     )
     def test_a_broken_case_file_says_file_line_and_column(

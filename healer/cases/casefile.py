@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from healer.cases.payloads import CaseError, app_payloads
 from healer.cloudpilot.client import CloudPilotClient
@@ -86,7 +94,8 @@ def _signed_duration(value: Any) -> Any:
         return parse_duration(text)
     if isinstance(value, int) and not isinstance(value, bool) and value == 0:
         return timedelta(0)
-    return value
+    # A bare number would be read as seconds by pydantic, unbounded: say how to write it.
+    raise ValueError(f"expected a duration like 90s, 5m or -10m, got {value!r}")
 
 
 Offset = Annotated[timedelta, BeforeValidator(_signed_duration)]
@@ -169,6 +178,13 @@ class Seed(Strict):
     policy: str
     at: Offset
     outcome: Outcome = Outcome.PENDING
+
+    @field_validator("at")
+    @classmethod
+    def _before_the_case(cls, at: timedelta) -> timedelta:
+        if at > timedelta(0):
+            raise ValueError("a ledger entry was issued before the case starts: at 0s or earlier")
+        return at
 
 
 class Case(Strict):
@@ -307,8 +323,16 @@ def _case_errors(doc: Document) -> list[tuple[Pos, str]]:
             pos = position(doc, loc, key=err["type"] == "extra_forbidden")
             errors.append((pos, f"{where}: {err['msg']}"))
         return errors
-    # The apps as the runner will serve them, checked now so that errors have a line.
+    # The guard settings and the apps as the runner will use them, checked now so that
+    # errors have a line.
     found = []
+    try:
+        GuardConfig.model_validate(case.config)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ("config", *strip_tags(err["loc"]))
+            pos = position(doc, loc, key=err["type"] == "extra_forbidden")
+            found.append((pos, f"{'.'.join(str(p) for p in loc)}: {err['msg']}"))
     for n, step in enumerate(case.steps):
         for app_id, spec in step.apps.items():
             try:
@@ -559,6 +583,9 @@ async def run_case(case: Case, library: Mapping[str, Policy], source: str) -> Ca
         result.failures = await runner.run()
     except (CaseError, ValidationError) as exc:
         result.failures = [f"  case error: {exc}"]
+    except RecursionError:
+        # Aliases can nest a value deeper than anything here walks.
+        result.failures = ["  case error: values nested too deeply (through aliases?)"]
     return result
 
 

@@ -92,6 +92,24 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
         raise CaseError(f"app {app_id}: unknown key {unknown[0]!r}; known: {known}", (unknown[0],))
 
     where = f"app {app_id}"
+    # Misspelt keys would pass as extra fields CloudPilot sent: refuse them. Values are
+    # sent as given, so that a case can describe an odd answer on purpose.
+    for part, model in (("meta", AppMeta), ("budget", MinUsableInfo)):
+        given = _mapping(spec.get(part), f"{where}: {part}")
+        odd = sorted(str(k) for k in set(given) - set(model.model_fields))
+        if odd:
+            known = ", ".join(sorted(model.model_fields))
+            raise CaseError(
+                f"{where}: {part}: unknown key {odd[0]!r}; known: {known}", (part, odd[0])
+            )
+    try:
+        calls = _sequence(spec.get("fail_calls"), f"{where}: fail_calls")
+    except CaseError as exc:
+        raise CaseError(str(exc), ("fail_calls",)) from None
+    bad = [c for c in calls if c not in CALLS]
+    if bad:
+        msg = f"{where}: fail_calls: {bad[0]!r} is not a snapshot call; known: {', '.join(CALLS)}"
+        raise CaseError(msg, ("fail_calls",))
     instances = _mapping(spec.get("instances"), f"{where}: instances")
     disabled = [str(i) for i in _sequence(spec.get("disabled"), f"{where}: disabled")]
     by_state: dict[str, list[str]] = {}
@@ -105,7 +123,10 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
             known = ", ".join(sorted(INSTANCE_KEYS))
             msg = f"{where}: instance {iid}: unknown key {odd[0]!r}; known: {known}"
             raise CaseError(msg, ("instances", iid, odd[0]))
-        state = str(fields.pop("status", "RUNNING"))
+        state = fields.pop("status", "RUNNING")
+        if not isinstance(state, str) or not state.strip():
+            msg = f"{where}: instance {iid}: status must be a state name, got {state!r}"
+            raise CaseError(msg, ("instances", iid, "status"))
         by_state.setdefault(state, []).append(iid)
         if fields.pop("disabled", False) and iid not in disabled:
             disabled.append(iid)

@@ -221,6 +221,8 @@ def read_documents(
                 doc = Document(value=None, start=pos)
                 stack = []
                 too_deep = False
+                # An anchor names a value of its own document only.
+                anchored = {}
             elif isinstance(event, DocumentEndEvent):
                 assert doc is not None
                 docs.append(doc)
@@ -239,6 +241,8 @@ def read_documents(
                     assert isinstance(top.container, dict)
                     if key in top.container:
                         problems.append(Problem(pos, f"duplicate key '{key}'"))
+                    if key == "<<" and event.style is None:
+                        problems.append(Problem(pos, "merge keys (<<) are not supported"))
                     top.key, top.key_pos = key, pos
                 else:
                     place(value, pos)
