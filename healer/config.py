@@ -14,12 +14,15 @@ over the file.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -40,10 +43,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def app_id_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an app id, or None: no blanks, quotes or invisible characters.
+
+    Such an id is a typo or an editor's leftover (a quoted line, a zero-width
+    space, a byte-order mark mid-file); enrolled as it is, it would fail every
+    sweep without anyone being told why.
+    """
+    if not text:
+        return "is empty"
+    for c in text:
+        if c.isspace() or c in "\"'#" or unicodedata.category(c).startswith("C"):
+            return f"holds {c!r}, which no app id holds"
+    return None
+
+
+def _app_ids(ids: list[str]) -> list[str]:
+    for n, app_id in enumerate(ids):
+        problem = app_id_problem(app_id)
+        if problem:
+            raise ValueError(f"item {n}: {app_id!r} {problem}")
+    return ids
+
+
 class EnrollmentConfig(Strict):
     """Which apps healer watches: a list, a file of ids (one per line, ``#`` comments), or both."""
 
-    apps: list[str] = Field(default_factory=list)
+    apps: Annotated[list[str], AfterValidator(_app_ids)] = Field(default_factory=list)
     apps_file: Path | None = None
     reload_interval: Duration = timedelta(seconds=60)
 
@@ -75,10 +101,14 @@ class EnrollmentConfig(Strict):
                 at = data[: exc.start].count(b"\n") + 1
                 raise OSError(f"{path}:{at}: not UTF-8 text") from None
             for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
+                # A comment starts a line or follows a blank: `app#1` is an id gone wrong.
+                line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
                 if any(c.isspace() for c in line):
                     # Two ids on a line, or one with a space in it: either way a typo.
                     raise OSError(f"{path}:{n}: {line!r} is not one app id (one id a line)")
+                problem = app_id_problem(line) if line else None
+                if problem:
+                    raise OSError(f"{path}:{n}: {line!r} {problem}")
                 if line:
                     ids.append(line)
         return list(dict.fromkeys(ids)), size
@@ -218,7 +248,6 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
     Raises ConfigError naming every bad key, so that a daemon never starts
     half-configured.
     """
-    import re
 
     from pydantic_settings import SettingsError
     from ruamel.yaml import YAML

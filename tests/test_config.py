@@ -284,3 +284,31 @@ def test_a_configuration_that_once_crashed_is_a_clear_error(
         load_config(write(tmp_path, text))
 
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('"app-0001"', "holds '\"'"),
+        ("app#0001", "holds '#'"),
+        ("app\u200b0001", "holds '\\u200b'"),
+        ("app\x070001", "holds '\\x07'"),
+    ],
+)
+def test_an_apps_file_line_that_cannot_be_an_app_id_is_an_error_naming_the_line(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    apps = tmp_path / "apps.txt"
+    apps.write_text(f"app-1  # fine\n#whole-line comment\n{line}\n", encoding="utf-8")
+    config = load_config(write(tmp_path, f"enrollment: {{apps_file: '{apps}'}}\n"))
+
+    with pytest.raises(OSError) as info:
+        config.enrollment.read()
+
+    assert str(info.value).startswith(f"{apps}:3: ")
+    assert problem in str(info.value)
+
+
+def test_an_inline_app_id_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"enrollment\.apps: .*item 1: 'web 2'"):
+        load_config(write(tmp_path, "enrollment: {apps: [web-1, 'web 2']}\n"))
