@@ -211,3 +211,40 @@ class TestTheStoreAtStartUp:
 
         with pytest.raises(StartupError, match="store_url: an in-memory SQLite store forgets"):
             await daemon.start()
+
+
+class TestPruning:
+    async def test_a_short_retention_never_prunes_attempts_the_guard_still_counts(
+        self, tmp_path: Path
+    ) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from healer.store import ActionRow, Outcome
+
+        apps = tmp_path / "apps.txt"
+        apps.write_text("app-1\n", encoding="utf-8")
+        # restart-unknown counts 6 restarts an hour: a 0s retention must not forget them.
+        daemon = daemon_for(
+            tmp_path, apps, retention=timedelta(0), http=HttpConfig(listen="127.0.0.1:0")
+        )
+        await daemon.start()
+        try:
+            store = daemon.store
+            assert store is not None
+            now = datetime.now(UTC)
+            row = ActionRow(
+                app_id="app-1", instance_id="app-1.0", policy="restart-unknown", action="restart",
+                params={}, issued_at=now - timedelta(minutes=30),
+                deadline=now - timedelta(minutes=20), fault_seen_at=None, replica="r",
+                arithmetic={},
+            )  # fmt: skip
+            action_id = await store.issue_action(row)
+            await store.set_outcome(action_id, Outcome.HEALED, at=now - timedelta(minutes=25))
+
+            await daemon._prune()
+
+            assert [r.id for r in await store.attempts_since(now - timedelta(hours=1))] == [
+                action_id
+            ]
+        finally:
+            await daemon.stop()

@@ -326,9 +326,12 @@ class Daemon:
         self.apps = apps
 
     async def _prune(self) -> None:
-        if self.store is None:
+        if self.store is None or self.engine is None:
             return
-        before = datetime.now(UTC) - self.config.retention
+        # Never shorter than what the guard reads back: a short `retention` must not erase
+        # the attempts a cooldown, a rate limit, an escalation or a suspension still counts.
+        keep = max(self.config.retention, self.engine.history_horizon())
+        before = datetime.now(UTC) - keep
         removed = await self.store.prune(before)
         if removed:
             log.info("ledger_pruned", rows=removed)

@@ -332,7 +332,12 @@ class Engine:
         A fixed horizon would quietly shorten a 12 h cooldown or a 1 d escalation window
         to itself, and the guard would act sooner than the policy says.
         """
-        windows = [HISTORY, self.guard.instance_cooldown, self.guard.suspension.window]
+        windows = [
+            HISTORY,
+            self.guard.instance_cooldown,
+            self.guard.suspension.window,
+            self.guard.probation,
+        ]
         for p in self.policies:
             windows.append(p.limits.instance_cooldown or timedelta(0))
             if p.escalate is not None:
