@@ -215,7 +215,10 @@ class Daemon:
             raise StartupError(f"http.listen: cannot listen on {cfg.listen}: {exc}") from exc
         self.http_port = int(sock.getsockname()[1])
         self._server = _QuietServer(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            # log_config=None: uvicorn's own lines go through healer's JSON logging too.
+            uvicorn.Config(
+                app, log_level="warning", access_log=False, lifespan="off", log_config=None
+            )
         )
         self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
