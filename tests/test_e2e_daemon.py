@@ -438,11 +438,21 @@ async def test_pause_needs_the_admin_token_and_a_paused_app_is_left_alone_until_
 
             resume_no_token = await api.post("/v1/resume", json={"app_id": app_id, "who": "a"})
             assert resume_no_token.status_code == 401
+            # A global resume ends the global pause only, and says the app's still holds.
+            everything = {"who": "bob", "why": "fleet freeze", "for": "5m"}
+            assert (await api.post("/v1/pause", json=everything, headers=good)).status_code == 200
+            all_resumed = await api.post("/v1/resume", json={"who": "bob"}, headers=good)
+            assert all_resumed.json() == {
+                "resumed": "*",
+                "pauses_removed": 1,
+                "pauses_in_force": [app_id],
+            }
             resumed = await api.post(
                 "/v1/resume", json={"app_id": app_id, "who": "alice"}, headers=good
             )
             assert resumed.status_code == 200, resumed.text
             assert resumed.json()["pauses_removed"] == 1
+            assert resumed.json()["pauses_in_force"] == []
             await eventually(lambda: sim.report()["instances_healed"] == 1, "healing after resume")
             assert await metric(daemon.http_port, "healer_paused", scope="app") == 0
             assert (await api.get("/v1/pauses")).json() == {"pauses": []}

@@ -425,7 +425,13 @@ class Daemon:
         assert self.store is not None
         removed = await self.store.remove_pause(app_id, who)
         await self._refresh_pause_metrics()
-        return {"resumed": app_id or "*", "pauses_removed": removed}
+        # A global resume ends the global pause only: say which pauses still hold.
+        still = await self.store.active_pauses(datetime.now(UTC))
+        return {
+            "resumed": app_id or "*",
+            "pauses_removed": removed,
+            "pauses_in_force": sorted(p.app_id or "*" for p in still),
+        }
 
     async def resume_policy(self, name: str, who: str) -> dict[str, Any]:
         assert self.store is not None
