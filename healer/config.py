@@ -230,12 +230,13 @@ class HealerConfig(BaseSettings):
         # The environment overrides the file: deployments patch single keys that way.
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _positive_intervals(self) -> HealerConfig:
-        for key in ("poll_interval", "policy_reload_interval"):
-            if getattr(self, key) <= timedelta(0):
-                raise ValueError(f"{key} must be positive")
-        return self
+    @field_validator("poll_interval", "policy_reload_interval")
+    @classmethod
+    def _positive_interval(cls, v: timedelta) -> timedelta:
+        # Checked on the field, so that the error names the key (and its variable).
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return v
 
 
 class ConfigError(Exception):
