@@ -289,8 +289,9 @@ class CaseResult:
 def read_cases(path: Path) -> list[Case | str]:
     """The cases in one file; a case that does not load is its errors instead.
 
-    Read as policy files are (no tags, aliases or duplicate keys), and every
-    error says ``file:line:col``, down to a misspelt field of one instance.
+    Read with the policy reader (no tags, no duplicate keys; anchors and aliases
+    allowed within a bound), and every error says ``file:line:col``, down to a
+    misspelt field of one instance.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -303,36 +304,39 @@ def read_cases(path: Path) -> list[Case | str]:
     for doc in docs:
         if doc.value is None:
             continue
-        errors = _case_errors(doc)
-        if errors:
+        case, errors = _read_case(doc)
+        if case is None or errors:
             out.append("\n  ".join(f"{path}:{pos.line}:{pos.col}: {msg}" for pos, msg in errors))
         else:
-            out.append(Case.model_validate(doc.value))
+            out.append(case)
     return out
 
 
-def _case_errors(doc: Document) -> list[tuple[Pos, str]]:
-    """Everything wrong with one case document, each at its position."""
+def _positioned(
+    doc: Document, exc: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> list[tuple[Pos, str]]:
+    """A validation error's entries, each at the position of the key or value it names."""
+    found = []
+    for err in exc.errors():
+        loc = (*prefix, *strip_tags(err["loc"]))
+        pos = position(doc, loc, key=err["type"] == "extra_forbidden")
+        found.append((pos, f"{'.'.join(str(p) for p in loc) or 'case'}: {err['msg']}"))
+    return found
+
+
+def _read_case(doc: Document) -> tuple[Case | None, list[tuple[Pos, str]]]:
+    """One case document as a case, and everything wrong with it, each at its position."""
     try:
         case = Case.model_validate(doc.value)
     except ValidationError as exc:
-        errors = []
-        for err in exc.errors():
-            loc = strip_tags(err["loc"])
-            where = ".".join(str(p) for p in loc) or "case"
-            pos = position(doc, loc, key=err["type"] == "extra_forbidden")
-            errors.append((pos, f"{where}: {err['msg']}"))
-        return errors
+        return None, _positioned(doc, exc)
     # The guard settings and the apps as the runner will use them, checked now so that
     # errors have a line.
     found = []
     try:
         GuardConfig.model_validate(case.config)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = ("config", *strip_tags(err["loc"]))
-            pos = position(doc, loc, key=err["type"] == "extra_forbidden")
-            found.append((pos, f"{'.'.join(str(p) for p in loc)}: {err['msg']}"))
+        found += _positioned(doc, exc, ("config",))
     for n, step in enumerate(case.steps):
         for app_id, spec in step.apps.items():
             try:
@@ -340,7 +344,7 @@ def _case_errors(doc: Document) -> list[tuple[Pos, str]]:
             except CaseError as exc:
                 loc = ("steps", n, "apps", app_id, *exc.path)
                 found.append((position(doc, loc, key=bool(exc.path)), str(exc)))
-    return found
+    return case, found
 
 
 def _policies_for(case: Case, library: Mapping[str, Policy]) -> list[Policy]:
