@@ -5,36 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 import structlog
+from conftest import lines
 from structlog.testing import capture_logs
 
-from healer.observe.logging import QUIET_LOGGERS, configure_logging, is_secret_key, redact
-
-
-@pytest.fixture
-def output() -> Iterator[io.StringIO]:
-    """A stream to log into; logging and structlog are put back as they were afterwards."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-
-    yield io.StringIO()
-
-    root.handlers[:], level = saved
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
-
-
-def lines(buf: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in buf.getvalue().splitlines()]
+from healer.observe.logging import configure_logging, is_secret_key, redact
 
 
 class TestShape:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import structlog
 import uvicorn
-from conftest import free_port
+from conftest import free_port, lines
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -30,7 +29,6 @@ from healer.cloudpilot.client import CloudPilotClient
 from healer.cloudpilot.config import ClientConfig
 from healer.cloudpilot.errors import CloudPilotError
 from healer.observe.logging import (
-    QUIET_LOGGERS,
     clear_secrets,
     configure_logging,
     redact,
@@ -39,29 +37,6 @@ from healer.observe.logging import (
 )
 
 TOKEN = "CPTOKEN-supersecret-123"
-
-
-@pytest.fixture
-def output() -> Iterator[io.StringIO]:
-    """A stream to log into; logging, structlog and the secret registry are put back after."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    clear_secrets()
-
-    yield io.StringIO()
-
-    clear_secrets()
-    root.handlers[:], level = saved
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
-    structlog.contextvars.clear_contextvars()
-    structlog.reset_defaults()
-
-
-def lines(buf: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
 class TestRegistry:
