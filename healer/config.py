@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from healer.cloudpilot.config import ClientConfig
-from healer.files import read_bounded
+from healer.files import MAX_TOKEN_BYTES, read_bounded, read_text
 from healer.guard.config import GuardConfig
 from healer.policy.durations import Duration
 
@@ -150,12 +150,9 @@ class HttpConfig(Strict):
             where = f"http.admin_token_file: {self.admin_token_file}"
             try:
                 # Bounded, and never a FIFO or a device: start-up must not hang or fill memory.
-                data = read_bounded(self.admin_token_file, 4096)
-                token = data.decode("utf-8")
+                token = read_text(self.admin_token_file, MAX_TOKEN_BYTES)
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{where}: cannot read: {exc}") from None
-            if len(data) >= 4096:
-                raise ValueError(f"{where}: larger than a token (4 KiB or more)")
         elif self.admin_token_env is not None:
             token = os.environ.get(self.admin_token_env, "") if self.admin_token_env else ""
             where = f"http.admin_token_env: {self.admin_token_env!r}"
@@ -177,6 +174,9 @@ class CacheConfig(Strict):
     budget_ttl: Duration = timedelta(seconds=60)
     address_ttl: Duration = timedelta(minutes=10)
 
+
+#: A configuration file is a page of keys; anything far larger is not one.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -258,7 +258,8 @@ def load_config(path: Path | None, **overrides: Any) -> HealerConfig:
     where = str(path) if path else "<defaults>"
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            # Bounded, and never a FIFO or a device: start-up must not hang or fill memory.
+            text = read_text(path, MAX_CONFIG_BYTES)
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:

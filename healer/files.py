@@ -31,3 +31,23 @@ def read_bounded(path: Path, limit: int) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(f"{path}: not a regular file")
         return handle.read(limit + 1)
+
+
+#: A token file holds one line; anything this large is not a token.
+MAX_TOKEN_BYTES = 4096
+
+
+class TooLarge(OSError):
+    """A file larger than what it should hold."""
+
+
+def read_text(path: Path, limit: int) -> str:
+    """A regular file of at most ``limit`` bytes as UTF-8 text (a leading BOM dropped).
+
+    Raises ``NotRegularFile`` or ``TooLarge`` (both OSError) as their names say,
+    another OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8.
+    """
+    data = read_bounded(path, limit)
+    if len(data) > limit:
+        raise TooLarge(f"{path}: larger than {limit:,} bytes")
+    return data.decode("utf-8-sig")

@@ -203,7 +203,7 @@ def test_a_window_select_takes_the_policy_selector_and_names_a_bad_key(tmp_path:
         ("{admin_token_file: '{two_lines}'}", {}, "a token is one word"),
         ("{admin_token_file: /dev/zero}", {}, "not a regular file"),
         ("{admin_token_file: '{fifo}'}", {}, "not a regular file"),
-        ("{admin_token_file: '{huge}'}", {}, "larger than a token"),
+        ("{admin_token_file: '{huge}'}", {}, "larger than 4,096 bytes"),
     ],
 )
 def test_an_admin_token_source_that_yields_nothing_is_an_error_naming_it(
@@ -314,3 +314,11 @@ def test_an_apps_file_line_that_cannot_be_an_app_id_is_an_error_naming_the_line(
 def test_an_inline_app_id_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"enrollment\.apps: .*item 1: 'web 2'"):
         load_config(write(tmp_path, "enrollment: {apps: [web-1, 'web 2']}\n"))
+
+
+def test_a_configuration_path_naming_a_fifo_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    fifo = tmp_path / "healer.yaml"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(fifo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -337,6 +338,35 @@ class TestVerification:
         assert count("p", "a", "a.0", timedelta(hours=1)) == 2
         assert count("p", "a", "a.0", timedelta(hours=2)) == 3
         assert count("q", "a", "a.0", timedelta(hours=2)) == 0
+
+
+class TestOddCaseFiles:
+    def test_a_fifo_given_as_a_case_fails_instead_of_waiting(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fifo = tmp_path / "case.yaml"
+        os.mkfifo(fifo)
+
+        code = main(["test", str(fifo)])
+
+        assert code == 1
+        assert "not a regular file" in capsys.readouterr().out
+
+    def test_a_budget_that_is_not_a_mapping_is_sent_as_written_and_skips_the_app(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A case may describe a malformed answer: min_usable_info as text cannot be read,
+        # so the snapshot is incomplete and the app is skipped, as in production.
+        odd = GOOD.replace(
+            "budget: {instanceControlBudget: {type: MinAvailableRatio, value: 60}, replica: 3}",
+            "budget: not-a-budget",
+        ).replace(
+            "actions: [{app: a, instance: a.0, action: restart}]",
+            "refused: [{app: a, instance: a.0, reason: stale_snapshot},"
+            " {app: a, reason: stale_snapshot}]",
+        )
+
+        assert main(["test", str(write(tmp_path, odd))]) == 0, capsys.readouterr().out
 
 
 class TestThePolicyDirectory:

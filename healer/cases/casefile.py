@@ -67,6 +67,7 @@ from healer.cloudpilot.client import CloudPilotClient
 from healer.cloudpilot.config import QUERY_CALLS, ClientConfig
 from healer.cloudpilot.models import Action
 from healer.engine.engine import GUARD_OUTCOME, Engine, request_counter
+from healer.files import read_text
 from healer.guard.config import GuardConfig
 from healer.guard.decide import Decision
 from healer.guard.ledger import Outcome
@@ -82,6 +83,9 @@ from healer.store import Outcome as StoreOutcome
 
 #: Where case time starts: step ``at: 0s``.
 EPOCH = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+
+#: A case file larger than this is not one (and is not read whole, nor waited on).
+MAX_CASE_BYTES = 4 * 1024 * 1024
 
 ARITHMETIC_KEYS = ("R", "required", "available", "cost", "spent_before", "in_flight", "unhealthy")
 
@@ -294,7 +298,7 @@ def read_cases(path: Path) -> list[Case | str]:
     misspelt field of one instance.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, MAX_CASE_BYTES)
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: cannot read: {exc}"]
     docs, problems = read_documents(text, aliases=True, kind="test cases")

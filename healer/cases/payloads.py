@@ -95,7 +95,9 @@ def app_payloads(app_id: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     # Misspelt keys would pass as extra fields CloudPilot sent: refuse them. Values are
     # sent as given, so that a case can describe an odd answer on purpose.
     for part, model in (("meta", AppMeta), ("budget", MinUsableInfo)):
-        given = _mapping(spec.get(part), f"{where}: {part}")
+        given = spec.get(part)
+        if not isinstance(given, Mapping):
+            continue  # meta must be a mapping (checked below); an odd budget is sent as written
         odd = sorted(str(k) for k in set(given) - set(model.model_fields))
         if odd:
             known = ", ".join(sorted(model.model_fields))

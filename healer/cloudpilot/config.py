@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from healer.cloudpilot.models import Action
-from healer.files import read_bounded
+from healer.files import MAX_TOKEN_BYTES, read_text
 
 #: The query calls, by their name in code (DESIGN section 1).
 QUERY_CALLS: tuple[str, ...] = (
@@ -174,14 +174,11 @@ class ClientConfig(BaseModel):
         elif self.token_file is not None:
             try:
                 # Bounded, and never a FIFO or a device: start-up must not hang or fill memory.
-                data = read_bounded(self.token_file, 4096)
-                loaded = data.decode("utf-8").strip()
+                loaded = read_text(self.token_file, MAX_TOKEN_BYTES).strip()
             except (OSError, UnicodeDecodeError) as exc:
                 # The path is configuration, not a secret: naming it helps the operator.
                 why = getattr(exc, "strerror", None) or str(exc)
                 raise ValueError(f"token_file {str(self.token_file)!r} unreadable: {why}") from None
-            if len(data) > 4096:
-                raise ValueError(f"token_file {str(self.token_file)!r} is larger than a token")
             if not loaded:
                 raise ValueError(f"token_file {str(self.token_file)!r} is empty")
         if loaded is not None:

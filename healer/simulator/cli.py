@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from healer.files import MAX_TOKEN_BYTES, read_text
 from healer.simulator.core import FAULT_KINDS, Simulator
 from healer.simulator.scenario import ScenarioError
 from healer.simulator.server import _bind, build_app, uvicorn_config
@@ -146,7 +147,7 @@ def _token(args: argparse.Namespace) -> str | None:
         return value
     if args.token_file:
         try:
-            return Path(args.token_file).read_text(encoding="utf-8").strip() or None
+            return read_text(Path(args.token_file), MAX_TOKEN_BYTES).strip() or None
         except (OSError, UnicodeDecodeError) as exc:
             raise SystemExit(f"healer simulate: --token-file {args.token_file}: {exc}") from None
     return None

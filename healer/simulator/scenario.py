@@ -39,6 +39,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from healer.files import read_text
 from healer.simulator.core import FAULT_KINDS, Clock, ScriptedFault, SimSettings, Simulator
 from healer.simulator.fleet import (
     HEALTHY,
@@ -180,9 +181,9 @@ def _plain(value: Any) -> Any:
 def load_scenario(path: Path, *, clock: Clock | None = None, **options: Any) -> Simulator:
     """Build a ``Simulator`` from a scenario file; ``options`` override its settings."""
     try:
-        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+        raw = YAML(typ="safe").load(read_text(path, 64 * 1024 * 1024))
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # ruamel's errors share no base class worth naming here
         raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
     doc = _check_keys(_plain(raw), _TOP_KEYS, str(path))
